@@ -1,0 +1,151 @@
+"""Settings: read once from the environment into one typed, validated object.
+
+A missing or malformed variable stops start-up with a message that names it
+(`SettingsError`). Secrets are `SecretStr`, so `repr()` and logs show `**********`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_FAILURE_STATES = frozenset(
+    {"failed", "failure", "error", "errored", "timed_out", "timeout", "aborted", "crashed", "killed"}
+)
+DEFAULT_CANCELLED_STATES = frozenset({"cancelled", "canceled"})
+DEFAULT_SUCCESS_STATES = frozenset(
+    {"succeeded", "success", "successful", "completed", "complete", "done", "finished"}
+)
+
+StateSet = Annotated[frozenset[str], NoDecode]
+
+
+class SlackMode(StrEnum):
+    SOCKET = "socket"
+    HTTP = "http"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class SettingsError(Exception):
+    """The environment does not hold a usable configuration; the message names the variables."""
+
+
+class Settings(BaseSettings):
+    """Every setting the bot reads. Names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=None, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    # Timbal
+    timbal_api_url: AnyHttpUrl = AnyHttpUrl("https://api.timbal.ai")
+    timbal_api_key: SecretStr
+    timbal_org_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    timbal_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    # Slack
+    slack_bot_token: SecretStr
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: AnyHttpUrl = AnyHttpUrl("https://slack.com/api/")
+    slack_mode: SlackMode | None = None
+    port: int = Field(default=3000, ge=0, le=65535)
+
+    # Storage
+    redis_url: str | None = None
+    redis_prefix: str = Field(default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Alerts
+    alert_channel: str | None = None
+    poll_interval_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
+    backfill_seconds: float = Field(default=0.0, ge=0.0)
+    vanish_grace_seconds: float = Field(default=3600.0, ge=0.0)
+    alert_on_started: bool = False
+    digest_threshold: int = Field(default=5, ge=1, le=1000)
+    channel_min_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
+    failure_states: StateSet = DEFAULT_FAILURE_STATES
+    cancelled_states: StateSet = DEFAULT_CANCELLED_STATES
+    success_states: StateSet = DEFAULT_SUCCESS_STATES
+
+    # Operations
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("failure_states", "cancelled_states", "success_states", mode="before")
+    @classmethod
+    def _split_states(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(s.strip().lower() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Settings:
+        mode = self.effective_slack_mode
+        if mode is SlackMode.SOCKET and self.slack_app_token is None:
+            raise ValueError("SLACK_APP_TOKEN is required when SLACK_MODE=socket")
+        if mode is SlackMode.HTTP and self.slack_signing_secret is None:
+            raise ValueError("SLACK_SIGNING_SECRET is required in HTTP mode (SLACK_MODE=http)")
+        overlap = (
+            (self.failure_states & self.success_states)
+            | (self.failure_states & self.cancelled_states)
+            | (self.success_states & self.cancelled_states)
+        )
+        if overlap:
+            raise ValueError(f"a state is in more than one class: {sorted(overlap)}")
+        return self
+
+    @property
+    def effective_slack_mode(self) -> SlackMode:
+        if self.slack_mode is not None:
+            return self.slack_mode
+        return SlackMode.SOCKET if self.slack_app_token is not None else SlackMode.HTTP
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log filter that redacts them."""
+        values = [self.timbal_api_key, self.slack_bot_token]
+        values += [s for s in (self.slack_signing_secret, self.slack_app_token) if s is not None]
+        return [v.get_secret_value() for v in values if v.get_secret_value()]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (overrides win); raise `SettingsError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{loc}: {err['msg']}" if loc else err["msg"].removeprefix("Value error, "))
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,52 @@
+"""Alert events: what the poller finds and the notifier posts.
+
+An event's identity is (org, job id, kind, finished_at): a job that is re-run and fails
+again alerts again, and nothing else alerts twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from bot.models import Job, Timestamp
+from bot.states import StateClass
+
+
+class EventKind(StrEnum):
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"  # terminal in a state none of the configured sets knows
+    STARTED = "started"  # off by default (ALERT_ON_STARTED)
+
+
+TERMINAL_KIND: dict[StateClass, EventKind] = {
+    StateClass.FAILED: EventKind.FAILED,
+    StateClass.SUCCEEDED: EventKind.SUCCEEDED,
+    StateClass.CANCELLED: EventKind.CANCELLED,
+    StateClass.OTHER: EventKind.FINISHED,
+}
+
+
+class JobEvent(BaseModel):
+    """One transition of one job, with the job as it was seen when the transition was found."""
+
+    model_config = ConfigDict(frozen=True)
+
+    org_id: str
+    kind: EventKind
+    job: Job
+    detected_at: Timestamp
+
+    @property
+    def event_id(self) -> str:
+        anchor: datetime | None = (
+            self.job.started_at or self.job.created_at
+            if self.kind is EventKind.STARTED
+            else self.job.finished_at
+        )
+        stamp = anchor.isoformat() if anchor is not None else "-"
+        return f"{self.org_id}:{self.job.id}:{self.kind.value}:{stamp}"

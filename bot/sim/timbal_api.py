@@ -1,0 +1,134 @@
+"""A fake Timbal API over real HTTP: `GET /orgs/{org_id}/connectors/jobs`.
+
+Checks the bearer key (401 without it, 403 for another org), applies the `connector_id`
+filter, serves whatever job dicts `jobs` holds (scripted lifecycles mutate them, or a
+`source` callable such as the demo's simulator computes them), and can be told to fail:
+a status with a body, a delay, or a body that is not the documented shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Injected:
+    status: int = 200
+    body: str | None = None  # raw body; None: the normal listing
+    content_type: str = "application/json"
+    delay: float = 0.0
+    times: int = 1
+
+
+@dataclass
+class FakeTimbal:
+    api_key: str = "tbl-test-key"
+    org_id: str = "org_test"
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    source: Callable[[], list[dict[str, Any]]] | None = None
+    delay: float = 0.0  # seconds before every answer
+    injected: list[Injected] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    _port: int = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeTimbal:
+        app = web.Application()
+        app.router.add_get("/orgs/{org_id}/connectors/jobs", self._list)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def inject(self, **kwargs: Any) -> None:
+        self.injected.append(Injected(**kwargs))
+
+    # --- scripted lifecycles -------------------------------------------------------
+    def upsert(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Create or update a job; `updated_at` moves to now unless given."""
+        now = datetime.now(UTC).isoformat()
+        for job in self.jobs:
+            if job["id"] == job_id:
+                job.update(fields)
+                job.setdefault("updated_at", now)
+                if "updated_at" not in fields:
+                    job["updated_at"] = now
+                return job
+        job = make_job(job_id, **fields)
+        self.jobs.append(job)
+        return job
+
+    # --- handler ---------------------------------------------------------------------
+    async def _list(self, request: web.Request) -> web.Response:
+        self.requests.append(
+            {
+                "org_id": request.match_info["org_id"],
+                "query": dict(request.query),
+                "authorization": request.headers.get("Authorization"),
+            }
+        )
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.injected:
+            inj = self.injected[0]
+            inj.times -= 1
+            if inj.times <= 0:
+                self.injected.pop(0)
+            if inj.delay:
+                await asyncio.sleep(inj.delay)
+            if inj.status != 200 or inj.body is not None:
+                return web.Response(
+                    status=inj.status, text=inj.body or "", content_type=inj.content_type
+                )
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if request.match_info["org_id"] != self.org_id:
+            return web.json_response({"error": "forbidden"}, status=403)
+        jobs = self.source() if self.source is not None else list(self.jobs)
+        connector = request.query.get("connector_id")
+        if connector is not None:
+            jobs = [j for j in jobs if j.get("connector_id") == connector]
+        return web.json_response({"jobs": jobs})
+
+
+def make_job(job_id: str, **fields: Any) -> dict[str, Any]:
+    """A valid JobView dict with sensible defaults; `fields` override them."""
+    now = datetime.now(UTC).isoformat()
+    job: dict[str, Any] = {
+        "id": job_id,
+        "connector_id": "postgres-main",
+        "kb_uid": "kb_1",
+        "dest_table": "public.orders",
+        "mode": "incremental",
+        "state": "queued",
+        "rows_emitted": 0,
+        "created_at": now,
+        "updated_at": now,
+        "duration_ms": None,
+        "finished_at": None,
+        "message": None,
+        "rows_per_sec": None,
+        "started_at": None,
+        "sync_id": "sync_1",
+    }
+    job.update(fields)
+    return job

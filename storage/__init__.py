@@ -1,0 +1,1 @@
+"""Everything that touches Redis: keys, snapshots, outbox, locks, heartbeat."""
