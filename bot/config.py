@@ -20,7 +20,17 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_FAILURE_STATES = frozenset(
-    {"failed", "failure", "error", "errored", "timed_out", "timeout", "aborted", "crashed", "killed"}
+    {
+        "failed",
+        "failure",
+        "error",
+        "errored",
+        "timed_out",
+        "timeout",
+        "aborted",
+        "crashed",
+        "killed",
+    }
 )
 DEFAULT_CANCELLED_STATES = frozenset({"cancelled", "canceled"})
 DEFAULT_SUCCESS_STATES = frozenset(
@@ -67,7 +77,9 @@ class Settings(BaseSettings):
 
     # Storage
     redis_url: str | None = None
-    redis_prefix: str = Field(default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_prefix: str = Field(
+        default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
 
     # Alerts
     alert_channel: str | None = None
@@ -147,5 +159,7 @@ def load_settings(**overrides: Any) -> Settings:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
             loc = "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"{loc}: {err['msg']}" if loc else err["msg"].removeprefix("Value error, "))
+            lines.append(
+                f"{loc}: {err['msg']}" if loc else err["msg"].removeprefix("Value error, ")
+            )
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

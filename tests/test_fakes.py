@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -21,17 +22,13 @@ async def test_fake_slack_checks_token_and_limits(fake_slack: FakeSlack) -> None
     auth = await client.auth_test()
     assert auth["user_id"] == fake_slack.bot_user_id
     bad = AsyncWebClient(token="xoxb-wrong", base_url=fake_slack.base_url)
-    try:
+    with pytest.raises(SlackApiError) as bad_auth:
         await bad.auth_test()
-        raise AssertionError("expected invalid_auth")
-    except SlackApiError as exc:
-        assert exc.response["error"] == "invalid_auth"
+    assert bad_auth.value.response["error"] == "invalid_auth"
     too_many = [{"type": "divider"}] * 51
-    try:
+    with pytest.raises(SlackApiError) as bad_blocks:
         await client.chat_postMessage(channel="C1", text="x", blocks=too_many)
-        raise AssertionError("expected invalid_blocks")
-    except SlackApiError as exc:
-        assert exc.response["error"] == "invalid_blocks"
+    assert bad_blocks.value.response["error"] == "invalid_blocks"
     await client.chat_postMessage(channel="C1", text="hello")
     assert [m["text"] for m in fake_slack.posted("C1")] == ["hello"]
 

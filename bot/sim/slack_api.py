@@ -10,6 +10,7 @@ the bot token, rejects blocks over Block Kit's limits with `invalid_blocks` and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -89,13 +90,12 @@ def block_errors(blocks: Any) -> list[str]:
             if not 0 < len(elements) <= MAX_CONTEXT_ELEMENTS:
                 errors.append(f"context {i} has {len(elements)} elements")
             for el in elements:
-                if el.get("type") in ("mrkdwn", "plain_text") and not 0 < len(
-                    el.get("text", "")
-                ) <= MAX_SECTION_TEXT:
+                if (
+                    el.get("type") in ("mrkdwn", "plain_text")
+                    and not 0 < len(el.get("text", "")) <= MAX_SECTION_TEXT
+                ):
                     errors.append(f"context {i} element length")
-        elif kind == "rich_text":
-            pass
-        elif kind in ("divider", "actions", "image"):
+        elif kind == "rich_text" or kind in ("divider", "actions", "image"):
             pass
         else:
             errors.append(f"unknown block type {kind!r}")
@@ -156,21 +156,21 @@ class FakeSlack:
 
     def calls_to(self, method: str, channel: str | None = None) -> list[Call]:
         return [
-            c for c in self.calls if c.method == method and (channel is None or c.channel == channel)
+            c
+            for c in self.calls
+            if c.method == method and (channel is None or c.channel == channel)
         ]
 
     def posted(self, channel: str | None = None) -> list[dict[str, Any]]:
         """Messages Slack accepted (ok: true), in order."""
         return [m for m in self.messages if channel is None or m["channel"] == channel]
 
-    async def wait_for(
-        self, predicate: Callable[[FakeSlack], bool], timeout: float = 10.0
-    ) -> None:
+    async def wait_for(self, predicate: Callable[[FakeSlack], bool], within: float = 10.0) -> None:
         """Wait until `predicate(self)` holds; raise TimeoutError with what was seen."""
         assert self._changed is not None, "start() first"
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+                await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), within)
             except TimeoutError:
                 methods = [c.method for c in self.calls]
                 raise TimeoutError(f"condition not met; calls so far: {methods}") from None
@@ -193,10 +193,8 @@ class FakeSlack:
                 body.update(dict(await request.post()))
         for key in ("blocks", "metadata", "attachments"):
             if isinstance(body.get(key), str):
-                try:
+                with contextlib.suppress(ValueError):
                     body[key] = json.loads(body[key])
-                except ValueError:
-                    pass
         return body
 
     def _scripted(self, method: str, channel: str | None) -> Failure | None:
@@ -275,11 +273,13 @@ class FakeSlack:
         if blocks is not None:
             errors = block_errors(blocks)
             if errors:
-                return web.json_response(
-                    {"ok": False, "error": "invalid_blocks", "errors": errors}
-                )
+                return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors})
         self._last_post[channel] = call.at
-        ts = body.get("ts") if method == "chat.update" else f"{int(time.time())}.{next(self._ts):06d}"
+        ts = (
+            body.get("ts")
+            if method == "chat.update"
+            else f"{int(time.time())}.{next(self._ts):06d}"
+        )
         message = {
             "method": method,
             "channel": channel,
@@ -310,9 +310,7 @@ class FakeSlack:
 
     async def _response_url(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        call = Call(
-            method="response_url", body=body, at=time.monotonic(), path=request.path
-        )
+        call = Call(method="response_url", body=body, at=time.monotonic(), path=request.path)
         self.calls.append(call)
         try:
             if self.down:
