@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     slack_api_url: AnyHttpUrl = AnyHttpUrl("https://slack.com/api/")
     slack_mode: SlackMode | None = None
     port: int = Field(default=3000, ge=0, le=65535)
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on every interface
 
     # Storage
     redis_url: str | None = None

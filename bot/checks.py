@@ -1,0 +1,84 @@
+"""`timbal-jobs-bot check`: each dependency checked on its own, with a reason either way."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings
+from bot.timbal import TimbalClient, TimbalError
+
+MIN_REDIS = (6, 2)  # XAUTOCLAIM and GETDEL arrived in 6.2
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'✓' if self.ok else '✗'} {self.name}: {self.detail}"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+async def check_redis(redis: aioredis.Redis, *, embedded: bool) -> CheckResult:
+    try:
+        info = await asyncio.wait_for(redis.info("server"), timeout=5)
+    except Exception as exc:
+        return CheckResult("redis", False, f"unreachable ({type(exc).__name__}: {exc})")
+    version = str(info.get("redis_version", "0"))
+    if embedded:
+        return CheckResult(
+            "redis", True, "embedded in-process store (REDIS_URL unset; state is NOT persisted)"
+        )
+    if _version(version) < MIN_REDIS:
+        need = ".".join(map(str, MIN_REDIS))
+        return CheckResult("redis", False, f"version {version} is too old (need ≥ {need})")
+    return CheckResult("redis", True, f"reachable, version {version}")
+
+
+async def check_timbal(timbal: TimbalClient, org_id: str) -> CheckResult:
+    try:
+        jobs = await timbal.list_jobs()
+    except TimbalError as exc:
+        return CheckResult("timbal", False, f"org {org_id}: {exc.reason}")
+    return CheckResult("timbal", True, f"org {org_id} answers ({len(jobs)} jobs listed)")
+
+
+async def check_slack(slack: AsyncWebClient) -> CheckResult:
+    try:
+        auth = await slack.auth_test()
+    except SlackApiError as exc:
+        return CheckResult("slack", False, f"auth.test failed: {exc.response.get('error')}")
+    except Exception as exc:
+        return CheckResult("slack", False, f"unreachable ({type(exc).__name__})")
+    return CheckResult(
+        "slack",
+        True,
+        f"authenticated as {auth.get('user')} ({auth.get('user_id')}) "
+        f"in team {auth.get('team')} ({auth.get('team_id')})",
+    )
+
+
+async def run_checks(
+    settings: Settings, *, redis: aioredis.Redis, timbal: TimbalClient, slack: AsyncWebClient
+) -> list[CheckResult]:
+    return list(
+        await asyncio.gather(
+            check_redis(redis, embedded=settings.redis_url is None),
+            check_timbal(timbal, settings.timbal_org_id),
+            check_slack(slack),
+        )
+    )

@@ -1,0 +1,196 @@
+"""The `timbal-jobs-bot` command line: run, check, jobs, poll, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from bot import __version__
+from bot.config import Settings, SettingsError, load_settings
+from bot.logs import setup_logging
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timbal-jobs-bot",
+        description="Slack bot for Timbal connector jobs: /jobs and job alerts.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the bot (Socket Mode or HTTP, poller and notifier)")
+    run.add_argument("--no-poller", action="store_true", help="do not poll Timbal on this replica")
+    run.add_argument(
+        "--no-notifier", action="store_true", help="do not send alerts from this replica"
+    )
+    run.add_argument(
+        "--no-commands", action="store_true", help="do not answer slash commands on this replica"
+    )
+
+    sub.add_parser("check", help="validate settings and check Redis, Timbal and Slack")
+
+    jobs = sub.add_parser("jobs", help="print the listing /jobs gives, as a table")
+    jobs.add_argument("connector", nargs="?", help="only this connector")
+    jobs.add_argument("--state", help="only jobs in this state")
+    jobs.add_argument("--limit", type=int, default=25, help="rows to show (default 25)")
+
+    poll = sub.add_parser("poll", help="run one poller cycle and print the events it found")
+    poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
+    poll.add_argument(
+        "--dry-run", action="store_true", help="diff only: commit nothing, post nothing"
+    )
+
+    demo = sub.add_parser("demo", help="the whole bot against a simulated org; no credentials")
+    demo.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the simulated org")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from bot.demo import run_demo
+
+        return asyncio.run(run_demo(speed=args.speed, seconds=args.seconds, seed=args.seed))
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"timbal-jobs-bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level, settings.log_format.value, settings.secrets)
+    if args.command == "run":
+        return asyncio.run(
+            _run(
+                settings,
+                poller=not args.no_poller,
+                notifier=not args.no_notifier,
+                commands=not args.no_commands,
+            )
+        )
+    if args.command == "check":
+        return asyncio.run(_check(settings))
+    if args.command == "jobs":
+        return asyncio.run(_jobs(settings, args.connector, args.state, args.limit))
+    if args.command == "poll":
+        return asyncio.run(_poll_once(settings, dry_run=args.dry_run))
+    raise AssertionError(args.command)
+
+
+async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bool) -> int:
+    from bot.runtime import Runtime
+
+    runtime = Runtime(settings, poller=poller, notifier=notifier, commands=commands)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop_event.set)
+    try:
+        await runtime.start()
+        await runtime.wait()
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.checks import run_checks
+    from bot.timbal import TimbalClient
+    from storage.connection import open_redis
+
+    print("✓ settings: valid")
+    redis = open_redis(settings.redis_url)
+    timbal = TimbalClient.from_settings(settings, retries=0)
+    slack = AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(), base_url=str(settings.slack_api_url)
+    )
+    try:
+        results = await run_checks(settings, redis=redis, timbal=timbal, slack=slack)
+    finally:
+        await timbal.aclose()
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+    for result in results:
+        print(result.line())
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def _jobs(settings: Settings, connector: str | None, state: str | None, limit: int) -> int:
+    from bot.services import classifier_from
+    from bot.table import format_jobs_table
+    from bot.timbal import TimbalClient, TimbalError
+
+    timbal = TimbalClient.from_settings(settings)
+    try:
+        jobs = await timbal.list_jobs(connector)
+    except TimbalError as exc:
+        print(f"timbal-jobs-bot: {exc.reason}", file=sys.stderr)
+        return 1
+    finally:
+        await timbal.aclose()
+    if state is not None:
+        jobs = [j for j in jobs if j.state.lower() == state.strip().lower()]
+    if not jobs:
+        where = f"connector {connector}" if connector else f"org {settings.timbal_org_id}"
+        print(f"No jobs for {where}.")
+        return 0
+    table = format_jobs_table(
+        jobs, now=datetime.now(UTC), classifier=classifier_from(settings), limit=max(limit, 1)
+    )
+    print(table)
+    return 0
+
+
+async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
+    from bot.diff import diff
+    from bot.services import classifier_from
+    from bot.timbal import TimbalClient, TimbalError
+    from storage.connection import open_redis
+    from storage.keys import Keys
+    from storage.outbox import Outbox
+    from storage.snapshots import SnapshotStore
+
+    keys = Keys(settings.redis_prefix, settings.timbal_org_id)
+    redis = open_redis(settings.redis_url)
+    timbal = TimbalClient.from_settings(settings)
+    now = datetime.now(UTC)
+    try:
+        jobs = await timbal.list_jobs()
+        previous = await SnapshotStore(redis, keys).load()
+        result = diff(
+            previous,
+            jobs,
+            now,
+            org_id=settings.timbal_org_id,
+            classifier=classifier_from(settings),
+            backfill=timedelta(seconds=settings.backfill_seconds),
+            vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
+            alert_on_started=settings.alert_on_started,
+        )
+        print(f"jobs={len(jobs)} events={len(result.events)} baseline={result.baseline}")
+        for event in result.events:
+            job = event.job
+            print(f"  {event.kind.value:<9} {job.connector_id} {job.dest_table} job={job.id}")
+        if dry_run:
+            print("dry run: nothing committed")
+        else:
+            committed = await Outbox(redis, keys).commit(result, now)
+            print(
+                f"committed: {len(committed.enqueued)} enqueued, "
+                f"{committed.duplicates} already enqueued"
+            )
+    except TimbalError as exc:
+        print(f"timbal-jobs-bot: {exc.reason}", file=sys.stderr)
+        return 1
+    finally:
+        await timbal.aclose()
+        await redis.aclose()
+    return 0

@@ -1,0 +1,294 @@
+"""The composition root: builds every part from Settings, wires them, closes them in reverse.
+
+Nothing else in the bot constructs clients. Roles (`poller`, `notifier`, `commands`) let
+replicas split the work; correctness never depends on how they are split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings, SlackMode
+from bot.metrics import Metrics
+from bot.notify import Notifier
+from bot.poller import Poller
+from bot.routing import route
+from bot.services import Services, classifier_from
+from bot.timbal import TimbalClient
+from handlers import register_handlers
+from storage.connection import open_redis
+from storage.heartbeat import last_poll
+from storage.keys import Keys
+
+log = logging.getLogger(__name__)
+
+SLACK_EVENTS_PATH = "/slack/events"
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Readiness:
+    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for ok, _ in self.checks.values())
+
+
+class Runtime:
+    """One process of the bot. `start()` brings it up; `close()` takes it down in reverse."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poller: bool = True,
+        notifier: bool = True,
+        commands: bool = True,
+        redis: aioredis.Redis | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.roles = {"poller": poller, "notifier": notifier, "commands": commands}
+        self.replica = replica_id()
+        self.clock = clock
+        self.metrics = Metrics()
+        self.keys = Keys(settings.redis_prefix, settings.timbal_org_id)
+        self.stop_event = asyncio.Event()
+        self._own_redis = redis is None
+        self.redis: aioredis.Redis = redis if redis is not None else open_redis(settings.redis_url)
+        self.timbal = TimbalClient.from_settings(settings)
+        self.slack = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=str(settings.slack_api_url),
+            timeout=15,
+        )
+        self.classifier = classifier_from(settings)
+        self.services = Services(
+            settings=settings, timbal=self.timbal, classifier=self.classifier, metrics=self.metrics
+        )
+        self.app = self._build_app() if commands else None
+        self.poller = self._build_poller() if poller else None
+        self.notifier = self._build_notifier() if notifier else None
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    # --- construction -----------------------------------------------------------------
+    def _build_app(self) -> AsyncApp:
+        http = self.settings.effective_slack_mode is SlackMode.HTTP
+        secret = self.settings.slack_signing_secret
+        app = AsyncApp(
+            client=self.slack,
+            signing_secret=secret.get_secret_value() if secret is not None else "",
+            request_verification_enabled=http,
+            process_before_response=False,
+        )
+        services = self.services
+
+        async def inject_services(
+            context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
+        ) -> None:
+            context["services"] = services
+            await next()
+
+        app.use(inject_services)
+        register_handlers(app)
+        return app
+
+    def _build_poller(self) -> Poller:
+        s = self.settings
+        return Poller(
+            redis=self.redis,
+            timbal=self.timbal,
+            keys=self.keys,
+            classifier=self.classifier,
+            org_id=s.timbal_org_id,
+            interval=s.poll_interval_seconds,
+            backfill=timedelta(seconds=s.backfill_seconds),
+            vanish_grace=timedelta(seconds=s.vanish_grace_seconds),
+            alert_on_started=s.alert_on_started,
+            metrics=self.metrics,
+            holder=self.replica,
+            clock=self.clock,
+        )
+
+    def _build_notifier(self) -> Notifier:
+        channel = self.settings.alert_channel
+        if channel is None:
+            log.warning("ALERT_CHANNEL is not set: alerts are found but have nowhere to go")
+
+        def router(event: Any) -> list[str]:
+            return route(event, alert_channel=channel)
+
+        return Notifier(
+            redis=self.redis,
+            slack=self.slack,
+            keys=self.keys,
+            router=router,
+            metrics=self.metrics,
+            consumer=self.replica,
+            digest_threshold=self.settings.digest_threshold,
+            channel_min_interval=self.settings.channel_min_interval_seconds,
+            clock=self.clock,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Serve HTTP, connect Socket Mode when configured, start the workers."""
+        await self._start_http()
+        if self.app is not None and self.settings.effective_slack_mode is SlackMode.SOCKET:
+            token = self.settings.slack_app_token
+            assert token is not None  # Settings guarantees it in socket mode
+            self._socket = AsyncSocketModeHandler(self.app, token.get_secret_value())
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        if self.poller is not None:
+            self._spawn("poller", self.poller.run_forever(self.stop_event))
+        if self.notifier is not None:
+            self._spawn("notifier", self.notifier.run_forever(self.stop_event))
+        roles = ",".join(name for name, on in self.roles.items() if on) or "none"
+        log.info(
+            "timbal-jobs-bot up: org=%s mode=%s roles=%s port=%d replica=%s",
+            self.settings.timbal_org_id,
+            self.settings.effective_slack_mode.value,
+            roles,
+            self.port,
+            self.replica,
+        )
+
+    def _spawn(self, name: str, work: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            finally:
+                if not self.stop_event.is_set():
+                    log.error("worker %s stopped unexpectedly; shutting down", name)
+                    self.stop_event.set()
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def _start_http(self) -> None:
+        web_app = web.Application(client_max_size=1024 * 1024)
+        if self.app is not None and self.settings.effective_slack_mode is SlackMode.HTTP:
+            web_app.router.add_post(SLACK_EVENTS_PATH, self._slack_events)
+        web_app.router.add_get("/healthz", self._healthz)
+        web_app.router.add_get("/readyz", self._readyz)
+        web_app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host=self.settings.host, port=self.settings.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def wait(self) -> None:
+        """Until `stop_event` is set (a signal, or a worker that died)."""
+        await self.stop_event.wait()
+
+    async def close(self) -> None:
+        """Reverse order: stop taking work, finish workers, close the clients."""
+        self.stop_event.set()
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except TimeoutError:
+                task.cancel()
+            except Exception:
+                log.exception("worker %s failed", task.get_name())
+        await self.timbal.aclose()
+        session = getattr(self.slack, "session", None)
+        if session is not None:
+            await session.close()
+        if self._own_redis:
+            await self.redis.aclose()
+        log.info("timbal-jobs-bot stopped")
+
+    # --- HTTP endpoints -----------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _slack_events(self, request: web.Request) -> web.Response:
+        assert self.app is not None
+        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "replica": self.replica})
+
+    async def readiness(self) -> Readiness:
+        report = Readiness()
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=2)
+            report.checks["redis"] = (True, "reachable")
+        except Exception as exc:
+            report.checks["redis"] = (False, f"unreachable: {type(exc).__name__}")
+        if self.poller is not None:
+            report.checks["poll"] = await self._poll_fresh()
+        if self._socket is not None:
+            connected = await self._socket.client.is_connected()
+            report.checks["slack"] = (connected, "connected" if connected else "not connected")
+        return report
+
+    async def _poll_fresh(self) -> tuple[bool, str]:
+        try:
+            when = await last_poll(self.redis, self.keys)
+        except Exception as exc:
+            return False, f"unknown: {type(exc).__name__}"
+        if when is None:
+            return False, "no successful poll yet"
+        age = (self.clock() - when).total_seconds()
+        limit = 3 * self.settings.poll_interval_seconds
+        return age <= limit, f"last successful poll {age:.0f}s ago (limit {limit:.0f}s)"
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        report = await self.readiness()
+        body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in report.checks.items()}
+        return web.json_response(
+            {"ready": report.ok, "checks": body}, status=200 if report.ok else 503
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.notifier.refresh_backlog_metrics()
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Runtime]:
+    """Start a Runtime and close it afterwards (tests and the CLI use this)."""
+    runtime = Runtime(settings, **kwargs)
+    try:
+        await runtime.start()
+        yield runtime
+    finally:
+        await runtime.close()

@@ -1,0 +1,57 @@
+"""The `timbal-jobs-bot jobs` terminal table (pure: the clock is passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from bot.models import Job
+from bot.render.common import fmt_count, fmt_duration_ms, fmt_rate
+from bot.states import StateClassifier
+
+COLUMNS = ("STATE", "CONNECTOR", "TABLE", "MODE", "ROWS", "ROWS/S", "DURATION", "CREATED (UTC)")
+MAX_CELL = 40
+
+
+def _cell(text: str) -> str:
+    clean = "".join(ch if ch.isprintable() else " " for ch in text)
+    return clean if len(clean) <= MAX_CELL else clean[: MAX_CELL - 1] + "…"
+
+
+def live_duration_ms(job: Job, now: datetime) -> int | None:
+    """The API's duration, or for a live run the time so far."""
+    if job.duration_ms is not None:
+        return job.duration_ms
+    if job.finished_at is None:
+        start = job.started_at or job.created_at
+        return max(int((now - start).total_seconds() * 1000), 0)
+    return None
+
+
+def format_jobs_table(
+    jobs: Sequence[Job], *, now: datetime, classifier: StateClassifier, limit: int
+) -> str:
+    shown = sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+    rows = [
+        (
+            f"{job.state} ({classifier.classify(job).value})",
+            job.connector_id,
+            job.dest_table,
+            job.mode,
+            fmt_count(job.rows_emitted),
+            fmt_rate(job.rows_per_sec),
+            fmt_duration_ms(live_duration_ms(job, now)),
+            job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        for job in shown
+    ]
+    cells = [tuple(_cell(c) for c in row) for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(COLUMNS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    errors = [j for j in shown if j.message and classifier.classify(j).value == "failed"]
+    for job in errors:
+        first = (job.message or "").strip().splitlines()[0] if job.message else ""
+        lines.append(f"  {_cell(job.id)}: {_cell(first)}")
+    lines.append(f"showing {len(shown)} of {len(jobs)}")
+    return "\n".join(lines)
