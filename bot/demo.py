@@ -1,0 +1,153 @@
+"""`timbal-jobs-bot demo`: the real bot against a simulated org and a local Slack stand-in.
+
+No credentials: Timbal is `bot.sim.simulator.SimulatedOrg` behind `FakeTimbal`, Slack is
+`FakeSlack`, which prints every message the bot posts. The real runtime runs in between:
+poller, outbox, notifier and the `/jobs` handler (reached with signed requests, as Slack
+would send them). Redis is the embedded store unless REDIS_URL is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+
+import httpx
+
+from bot.config import SettingsError, load_settings
+from bot.logs import setup_logging
+from bot.runtime import Runtime
+from bot.sim.console import format_slack_call
+from bot.sim.simulator import SimulatedOrg
+from bot.sim.slack_api import Call, FakeSlack
+from bot.sim.slash import sign, slash_command_body
+from bot.sim.timbal_api import FakeTimbal
+
+DEMO_KEY = "demo-timbal-key"
+DEMO_ORG = "org_demo"
+DEMO_BOT_TOKEN = "xoxb-demo-token"  # noqa: S105 - the stand-in's own fixed credential
+DEMO_SIGNING_SECRET = "demo-signing-secret"  # noqa: S105
+DEMO_CHANNEL = "#data-alerts"
+
+BANNER = """\
+timbal-jobs-bot demo: a simulated Timbal org, the real bot, and a Slack stand-in.
+Alerts the bot posts to {channel} are printed below as they happen.
+Type /jobs, /jobs <connector>, /jobs help, or /jobs state=failed at the prompt; Ctrl-D or
+Ctrl-C quits. Connectors: {connectors}
+"""
+
+
+def _printer(call: Call) -> None:
+    print(format_slack_call(call, color=sys.stdout.isatty()), flush=True)
+
+
+async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (ValueError, OSError):  # stdin closed or not a pipe/tty
+        await queue.put(None)
+        return
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            await queue.put(None)
+            return
+        await queue.put(raw.decode(errors="replace").strip())
+
+
+async def _slash(runtime: Runtime, slack: FakeSlack, http: httpx.AsyncClient, line: str) -> None:
+    text = line.removeprefix("/jobs").strip()
+    body = slash_command_body(text=text, response_url=slack.response_url("demo"))
+    request = sign(body, DEMO_SIGNING_SECRET)
+    response = await http.post(
+        f"{runtime.base_url}/slack/events", content=request.body, headers=request.headers
+    )
+    if response.status_code != 200:
+        print(f"(the bot answered HTTP {response.status_code})", flush=True)
+
+
+async def run_demo(*, speed: float = 60.0, seconds: float | None = None, seed: int = 7) -> int:
+    setup_logging(os.environ.get("LOG_LEVEL", "WARNING").upper(), "text", [])
+    org = SimulatedOrg(seed=seed, clock=lambda: datetime.now(UTC), speed=speed)
+    timbal = await FakeTimbal(api_key=DEMO_KEY, org_id=DEMO_ORG, source=org.jobs).start()
+    slack = await FakeSlack(bot_token=DEMO_BOT_TOKEN, on_post=_printer).start()
+    try:
+        settings = load_settings(
+            timbal_api_url=timbal.base_url,
+            timbal_api_key=DEMO_KEY,
+            timbal_org_id=DEMO_ORG,
+            slack_bot_token=DEMO_BOT_TOKEN,
+            slack_signing_secret=DEMO_SIGNING_SECRET,
+            slack_app_token=None,
+            slack_mode="http",
+            slack_api_url=slack.base_url,
+            host="127.0.0.1",
+            port=0,
+            alert_channel=DEMO_CHANNEL,
+            poll_interval_seconds=1.0,
+            redis_url=os.environ.get("REDIS_URL") or None,
+        )
+    except SettingsError as exc:
+        print(f"timbal-jobs-bot demo: {exc}", file=sys.stderr)
+        await slack.stop()
+        await timbal.stop()
+        return 2
+    runtime = Runtime(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop_event.set)
+    if seconds is not None:
+        loop.call_later(seconds, runtime.stop_event.set)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = asyncio.create_task(_stdin_lines(lines))
+    try:
+        await runtime.start()
+        print(BANNER.format(channel=DEMO_CHANNEL, connectors=", ".join(org.connector_ids)))
+        print("> ", end="", flush=True)
+        async with httpx.AsyncClient(timeout=10) as http:
+            await _prompt_loop(runtime, slack, http, lines, keep_running=seconds is not None)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await runtime.close()
+        await slack.stop()
+        await timbal.stop()
+    return 0
+
+
+async def _prompt_loop(
+    runtime: Runtime,
+    slack: FakeSlack,
+    http: httpx.AsyncClient,
+    lines: asyncio.Queue[str | None],
+    *,
+    keep_running: bool,
+) -> None:
+    stop = asyncio.create_task(runtime.stop_event.wait())
+    try:
+        while not runtime.stop_event.is_set():
+            get = asyncio.create_task(lines.get())
+            done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                return
+            line = get.result()
+            if line is None:  # end of input
+                if keep_running:
+                    await runtime.stop_event.wait()
+                return
+            if line.startswith("/jobs"):
+                await _slash(runtime, slack, http, line)
+            elif line in ("quit", "exit"):
+                return
+            elif line:
+                print("Try /jobs, /jobs <connector> or /jobs help.", flush=True)
+            print("> ", end="", flush=True)
+    finally:
+        stop.cancel()
