@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -149,7 +150,12 @@ class Settings(BaseSettings):
         """Every secret value, for the log filter that redacts them."""
         values = [self.timbal_api_key, self.slack_bot_token]
         values += [s for s in (self.slack_signing_secret, self.slack_app_token) if s is not None]
-        return [v.get_secret_value() for v in values if v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v.get_secret_value()]
+        if self.redis_url:
+            password = urlsplit(self.redis_url).password
+            if password:
+                found.append(password)
+        return found
 
 
 def load_settings(**overrides: Any) -> Settings:
