@@ -1,0 +1,159 @@
+"""The pure heart of the alert pipeline: previous snapshots + a listing -> changes and events.
+
+No I/O and no clock of its own (`now` is a parameter), so every transition is a table test.
+
+Transitions (`DESIGN.md`, "Job semantics"):
+
+- no previous snapshot (`previous is None`): record a baseline, post nothing, except jobs
+  that finished within `backfill` of `now`;
+- a job first seen already terminal after the baseline ran entirely between two polls: alert;
+- active -> terminal: alert, kind by class (failed / succeeded / cancelled / finished);
+- terminal -> active (a re-run): no terminal alert; the next terminal state alerts again,
+  its new `finished_at` gives it a new event id;
+- terminal -> terminal with another `finished_at` (re-run between two polls): alert;
+- terminal -> terminal, same `finished_at`, another class (an API correction such as
+  "done" -> "failed"): alert the new kind (its event id differs by kind, so it is not a
+  duplicate of the first alert); same class (e.g. "error" -> "failed"): nothing;
+- `started` only with `alert_on_started`: a job seen active with a `started_at` it did not
+  have before (queued -> running, or first seen running);
+- a job missing from the listing is dropped from the snapshot once it has been missing for
+  longer than `vanish_grace` (see `last_seen` below).
+
+`last_seen` is kept coarse: it is rewritten only when a snapshot changes anyway or when it is
+older than `vanish_grace / 4`. Rewriting it every cycle would cost one HSET (and one JSON
+argument) per job per cycle for nothing but a timestamp; this way a quiet org commits
+nothing but events. Since the stored value lags the truth by less than that resolution, a
+job is dropped once `now - last_seen > vanish_grace + resolution`, which keeps every
+vanished job for at least `vanish_grace` (and at most 1.25 x it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from bot.events import TERMINAL_KIND, EventKind, JobEvent
+from bot.models import Job, Timestamp
+from bot.states import StateClass, StateClassifier
+
+LAST_SEEN_RESOLUTION_FRACTION = 4  # last_seen is refreshed every vanish_grace / 4
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+class JobSnapshot(BaseModel):
+    """What we remember about one job between two polls (stored as JSON in Redis)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: str
+    state_class: StateClass
+    finished_at: Timestamp | None
+    started_at: Timestamp | None
+    updated_at: Timestamp
+    last_seen: Timestamp
+
+    @classmethod
+    def of(cls, job: Job, state_class: StateClass, now: datetime) -> JobSnapshot:
+        return cls(
+            state=job.state,
+            state_class=state_class,
+            finished_at=job.finished_at,
+            started_at=job.started_at,
+            updated_at=job.updated_at,
+            last_seen=now,
+        )
+
+    def same_job_state(self, other: JobSnapshot) -> bool:
+        """Equal in everything but `last_seen`."""
+        return self.model_copy(update={"last_seen": other.last_seen}) == other
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    upserts: dict[str, JobSnapshot]  # only the snapshots that changed
+    removals: list[str]  # job ids gone from the listing for longer than the grace
+    events: list[JobEvent]  # ordered by (finished_at or started_at, job id, kind)
+    baseline: bool  # this listing records the first baseline
+
+
+def diff(
+    previous: Mapping[str, JobSnapshot] | None,
+    jobs: Sequence[Job],
+    now: datetime,
+    *,
+    org_id: str,
+    classifier: StateClassifier,
+    backfill: timedelta = timedelta(0),
+    vanish_grace: timedelta = timedelta(hours=1),
+    alert_on_started: bool = False,
+) -> DiffResult:
+    """Compare a listing with the snapshots of the last poll; see the module docstring."""
+    latest: dict[str, Job] = {}
+    for job in jobs:  # a job listed twice: the last one wins
+        latest[job.id] = job
+    resolution = vanish_grace / LAST_SEEN_RESOLUTION_FRACTION
+    upserts: dict[str, JobSnapshot] = {}
+    events: list[JobEvent] = []
+
+    for job_id, job in latest.items():
+        state_class = classifier.classify(job)
+        current = JobSnapshot.of(job, state_class, now)
+        prev = previous.get(job_id) if previous is not None else None
+        if prev is None or not prev.same_job_state(current) or now - prev.last_seen >= resolution:
+            upserts[job_id] = current
+        if previous is None:
+            kind = _backfill_kind(job, state_class, now, backfill)
+        else:
+            kind = _transition(prev, current, alert_on_started)
+        if kind is not None:
+            events.append(JobEvent(org_id=org_id, kind=kind, job=job, detected_at=now))
+
+    removals: list[str] = []
+    if previous is not None:
+        removals = sorted(
+            job_id
+            for job_id, snap in previous.items()
+            if job_id not in latest and now - snap.last_seen > vanish_grace + resolution
+        )
+    events.sort(key=_event_order)
+    return DiffResult(upserts=upserts, removals=removals, events=events, baseline=previous is None)
+
+
+def _transition(
+    prev: JobSnapshot | None, current: JobSnapshot, alert_on_started: bool
+) -> EventKind | None:
+    """The event a job's move from `prev` (None: not seen before) to `current` raises."""
+    if current.state_class.terminal:
+        if prev is None or not prev.state_class.terminal:
+            return TERMINAL_KIND[current.state_class]
+        if prev.finished_at != current.finished_at or prev.state_class != current.state_class:
+            return TERMINAL_KIND[current.state_class]
+        return None
+    if (
+        alert_on_started
+        and current.started_at is not None
+        and (prev is None or prev.started_at != current.started_at or prev.state_class.terminal)
+    ):
+        return EventKind.STARTED
+    return None
+
+
+def _backfill_kind(
+    job: Job, state_class: StateClass, now: datetime, backfill: timedelta
+) -> EventKind | None:
+    """On the baseline, only jobs that finished within `backfill` of `now` alert."""
+    if not state_class.terminal or backfill <= timedelta(0):
+        return None
+    finished = job.finished_at or job.updated_at  # a terminal state without finished_at
+    if now - finished <= backfill:
+        return TERMINAL_KIND[state_class]
+    return None
+
+
+def _event_order(event: JobEvent) -> tuple[datetime, str, str]:
+    job = event.job
+    anchor = job.finished_at if event.kind is not EventKind.STARTED else job.started_at
+    return (anchor or _EARLIEST, job.id, event.kind.value)
