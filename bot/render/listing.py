@@ -1,0 +1,311 @@
+"""The `/jobs` replies: the listing, the usage text and one-sentence errors.
+
+Pure. Every API string is escaped and clipped to a budget *after* escaping, so each block is
+within Block Kit's limits by construction; `fit_blocks` is the final guard (block count,
+section/field/header/context lengths) before slack_sdk's own validation in `to_dict()`.
+
+The summary counts the whole listing the API returned for the scope (the connector, or the
+org); the state filter and the limit only choose which jobs are listed, and the footer says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.models import Job
+from bot.query import MAX_LIMIT, USAGE, JobsQuery
+from bot.render.common import (
+    MAX_BLOCKS,
+    MAX_CONTEXT_ELEMENTS,
+    MAX_FALLBACK_TEXT,
+    MAX_FIELD_TEXT,
+    MAX_FIELDS,
+    MAX_HEADER_TEXT,
+    MAX_SECTION_TEXT,
+    date_token,
+    escape,
+    fmt_count,
+    fmt_duration_ms,
+    fmt_rate,
+    state_emoji,
+    truncate,
+)
+from bot.states import StateClass, StateClassifier
+
+CLASS_ORDER = (
+    StateClass.FAILED,
+    StateClass.ACTIVE,
+    StateClass.SUCCEEDED,
+    StateClass.CANCELLED,
+    StateClass.OTHER,
+)
+# Budgets, in characters after escaping. A job's section stays far below 3,000 characters
+# and a whole listing of 25 jobs stays readable.
+STATE_CHARS = 40
+ID_CHARS = 80
+TABLE_CHARS = 120
+MODE_CHARS = 40
+NUMBER_CHARS = 30
+MESSAGE_CHARS = 800
+SUMMARY_STATES = 10  # distinct states named in the summary; the rest are counted
+MAX_JOBS_SHOWN = min(MAX_LIMIT, MAX_BLOCKS - 5)  # header, summary, divider, footer, spare
+MARKER = "\n…\n"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    """A message ready for `respond()` / `chat.postMessage`: fallback `text` and `blocks`."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+def _outside_entity(escaped: str, i: int, *, forward: bool) -> int:
+    """Move cut point `i` out of an `&amp;`/`&lt;`/`&gt;` entity it falls inside."""
+    start = escaped.rfind("&", max(0, i - 4), i)
+    if start != -1 and escaped.find(";", start) >= i:
+        return escaped.find(";", start) + 1 if forward else start
+    return i
+
+
+def clip(text: str, limit: int, *, middle: bool = False) -> str:
+    """Escape `text` for mrkdwn and cut it to at most `limit` characters *after* escaping.
+
+    Cuts never split an entity; `middle=True` keeps the head and the tail (where error
+    messages put the cause) and marks the cut.
+    """
+    out = escape(text)
+    if len(out) <= limit:
+        return out
+    if limit <= 0:
+        return ""
+    if not middle or limit < len(MARKER) + 4:
+        return truncate(out, limit)
+    keep = limit - len(MARKER)
+    head = keep * 2 // 5
+    tail = len(out) - (keep - head)
+    return (
+        out[: _outside_entity(out, head, forward=False)]
+        + MARKER
+        + out[_outside_entity(out, tail, forward=True) :]
+    )
+
+
+def inline_code(text: str, limit: int) -> str:
+    """An escaped, clipped inline code span; never empty, never broken by a backtick."""
+    flat = " ".join(text.replace("`", "'").split()) or "—"
+    return "`" + clip(flat, limit - 2) + "`"
+
+
+def _mrkdwn(text: str) -> MarkdownTextObject:
+    # verbatim: Slack must not auto-link or auto-mention anything in API text.
+    return MarkdownTextObject(text=text, verbatim=True)
+
+
+def _plain(text: str, limit: int) -> PlainTextObject:
+    # Slack asks for `&`, `<`, `>` escaped in every text, plain_text included.
+    return PlainTextObject(text=clip(" ".join(text.split()) or "—", limit), emoji=True)
+
+
+def _date(when: datetime) -> str:
+    with contextlib.suppress(OverflowError):  # a timestamp at the edge of datetime's range
+        when = when.astimezone(UTC)  # the token's fallback text says UTC
+    return date_token(when)
+
+
+def _ms(start: datetime, end: datetime) -> int:
+    return int((end - start).total_seconds() * 1000)
+
+
+def _duration(job: Job, cls: StateClass, now: datetime) -> str:
+    if job.duration_ms is not None:
+        took = fmt_duration_ms(job.duration_ms)
+    elif not cls.terminal:
+        start = job.started_at or job.created_at
+        took = fmt_duration_ms(_ms(start, now))
+        if job.started_at is None and took != "—":
+            return f"queued {took}"
+    elif job.finished_at is not None:
+        took = fmt_duration_ms(_ms(job.started_at or job.created_at, job.finished_at))
+    else:
+        took = "—"
+    return f"{took} so far" if not cls.terminal and took != "—" else took
+
+
+def state_label(cls: StateClass, state: str) -> str:
+    """The state as the API names it (escaped); an unknown terminal state says so."""
+    name = clip(" ".join(state.split()) or "—", STATE_CHARS)
+    return f"finished (state: {name})" if cls is StateClass.OTHER else name
+
+
+def job_text(job: Job, cls: StateClass, now: datetime) -> str:
+    """One job's section text (mrkdwn), at most MAX_SECTION_TEXT characters."""
+    figures = [
+        clip(" ".join(job.mode.split()) or "—", MODE_CHARS),
+        clip(f"{fmt_count(job.rows_emitted)} rows", NUMBER_CHARS),
+    ]
+    if job.rows_per_sec is not None:
+        figures.append(clip(fmt_rate(job.rows_per_sec), NUMBER_CHARS))
+    figures.append(clip(_duration(job, cls, now), NUMBER_CHARS))
+    times = (
+        [f"started {_date(job.started_at)}"]
+        if job.started_at is not None
+        else [f"created {_date(job.created_at)}"]
+    )
+    if job.finished_at is not None:
+        times.append(f"finished {_date(job.finished_at)}")
+    times.append(f"sync {inline_code(job.sync_id, ID_CHARS)}" if job.sync_id else "manual run")
+    times.append(f"job {inline_code(job.id, ID_CHARS)}")
+    lines = [
+        f"{state_emoji(cls, job.state)} *{state_label(cls, job.state)}* · "
+        f"{inline_code(job.connector_id, ID_CHARS)} → {inline_code(job.dest_table, TABLE_CHARS)}",
+        " · ".join(figures),
+        " · ".join(times),
+    ]
+    text = "\n".join(lines)
+    if cls is StateClass.FAILED and job.message and job.message.strip():
+        room = min(MESSAGE_CHARS, MAX_SECTION_TEXT - len(text) - 8)
+        if room > 0:
+            body = clip(job.message.strip().replace("`", "'"), room, middle=True)
+            text += f"\n```{body}```"
+    return truncate(text, MAX_SECTION_TEXT)
+
+
+def state_counts(
+    jobs: Sequence[Job], classifier: StateClassifier
+) -> list[tuple[StateClass, str, int]]:
+    """(class, state as the API names it, count), failed first, then active, succeeded, …"""
+    counts = Counter((classifier.classify(job), job.state) for job in jobs)
+    return sorted(
+        ((cls, state, n) for (cls, state), n in counts.items()),
+        key=lambda item: (CLASS_ORDER.index(item[0]), -item[2], item[1]),
+    )
+
+
+def _summary(jobs: Sequence[Job], classifier: StateClassifier) -> tuple[str, str]:
+    """(mrkdwn with emoji and total, plain counts for the fallback text) by state."""
+    counts = state_counts(jobs, classifier)
+    named = counts[:SUMMARY_STATES]
+    parts = [f"{n} {state_label(cls, state)}" for cls, state, n in named]
+    rich = [
+        f"{state_emoji(cls, state)} {p}" for (cls, state, _), p in zip(named, parts, strict=True)
+    ]
+    if len(counts) > SUMMARY_STATES:
+        more = f"+{len(counts) - SUMMARY_STATES} more states"
+        parts.append(more)
+        rich.append(more)
+    total = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    return f"*{total}* · " + " · ".join(rich), " · ".join(parts)
+
+
+def _scope(query: JobsQuery, org_id: str) -> tuple[str, str]:
+    """("for connector `x`", "connector `x`") or ("in org `o`", "org `o`")."""
+    if query.connector_id is not None:
+        name = f"connector {inline_code(query.connector_id, ID_CHARS)}"
+        return f"for {name}", name
+    name = f"org {inline_code(org_id, ID_CHARS)}"
+    return f"in {name}", name
+
+
+def _title(query: JobsQuery, org_id: str) -> PlainTextObject:
+    if query.connector_id is not None:
+        return _plain(f"Jobs · connector {query.connector_id}", MAX_HEADER_TEXT)
+    return _plain(f"Jobs · org {org_id}", MAX_HEADER_TEXT)
+
+
+def render_jobs_listing(
+    jobs: Sequence[Job],
+    *,
+    query: JobsQuery,
+    classifier: StateClassifier,
+    now: datetime,
+    org_id: str,
+) -> RenderedMessage:
+    """The answer to `/jobs`: summary of `jobs` by state, then the newest matching jobs."""
+    scope, where = _scope(query, org_id)
+    state = inline_code(query.state, STATE_CHARS) if query.state is not None else None
+    blocks: list[Block] = [HeaderBlock(text=_title(query, org_id))]
+    if not jobs:
+        text = f"No jobs {scope}."
+        return _message(text, [*blocks, SectionBlock(text=_mrkdwn(text))])
+    matching = sorted(
+        (job for job in jobs if query.wants(job, classifier)),
+        key=lambda job: (job.created_at, job.id),
+        reverse=True,
+    )
+    shown = matching[: max(1, min(query.limit, MAX_JOBS_SHOWN))]
+    summary, plain_summary = _summary(jobs, classifier)
+    blocks += [SectionBlock(text=_mrkdwn(truncate(summary, MAX_SECTION_TEXT))), DividerBlock()]
+    if not matching:
+        text = f"No jobs with state {state} {scope}."
+        blocks.append(SectionBlock(text=_mrkdwn(text)))
+        return _message(f"{text} All jobs: {plain_summary}", blocks)
+    blocks += [SectionBlock(text=_mrkdwn(job_text(j, classifier.classify(j), now))) for j in shown]
+    footer = f"Showing {len(shown)} of {len(matching)} job{'s' if len(matching) != 1 else ''}"
+    if state is not None:
+        footer += f" with state {state} ({len(jobs)} in all)"
+    footer += f", newest first · {where}"
+    if len(shown) < len(matching) and query.limit < MAX_LIMIT:
+        footer += f" · `limit={MAX_LIMIT}` shows more"
+    blocks.append(ContextBlock(elements=[_mrkdwn(footer)]))
+    total = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    return _message(f"{total} {scope}: {plain_summary}", blocks)
+
+
+def render_usage(reason: str | None = None) -> RenderedMessage:
+    """The usage text, after a one-line `reason` when the command text was not understood."""
+    blocks: list[Block] = []
+    text = escape("Usage: /jobs [connector] [state=<state>] [limit=<n>]")
+    if reason:
+        why = clip(reason, 500)
+        blocks.append(SectionBlock(text=_mrkdwn(f":warning: {why}")))
+        text = f"{why} {text}"
+    blocks.append(SectionBlock(text=_mrkdwn(escape(USAGE))))
+    return _message(text, blocks)
+
+
+def render_error(message: str) -> RenderedMessage:
+    """A one-sentence error. `message` is escaped here: callers pass plain text (backticks ok)."""
+    text = clip(message, MAX_SECTION_TEXT - 20)
+    return _message(text, [SectionBlock(text=_mrkdwn(f":warning: {text}"))])
+
+
+def fit_blocks(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    """Final guard: cut anything over Block Kit's limits, then let slack_sdk validate."""
+    kept = list(blocks)
+    if len(kept) > MAX_BLOCKS:
+        kept = [*kept[: MAX_BLOCKS - 1], kept[-1]]  # the last block is the footer
+    for block in kept:
+        if isinstance(block, HeaderBlock) and block.text is not None:
+            block.text.text = truncate(block.text.text or "—", MAX_HEADER_TEXT)
+        elif isinstance(block, SectionBlock):
+            if block.text is not None:
+                block.text.text = truncate(block.text.text or "—", MAX_SECTION_TEXT)
+            block.fields = (block.fields or [])[:MAX_FIELDS]
+            for field in block.fields:
+                field.text = truncate(field.text or "—", MAX_FIELD_TEXT)
+        elif isinstance(block, ContextBlock):
+            block.elements = block.elements[:MAX_CONTEXT_ELEMENTS]
+            for element in block.elements:
+                if isinstance(element, MarkdownTextObject | PlainTextObject):
+                    element.text = truncate(element.text or "—", MAX_SECTION_TEXT)
+    return [block.to_dict() for block in kept]
+
+
+def _message(text: str, blocks: Sequence[Block]) -> RenderedMessage:
+    return RenderedMessage(text=truncate(text, MAX_FALLBACK_TEXT), blocks=fit_blocks(blocks))
