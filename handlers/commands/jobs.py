@@ -1,0 +1,128 @@
+"""`/jobs [connector] [state=<state>] [limit=<n>]`: the org's recent connector jobs, ephemeral.
+
+The listener acks with an empty body first (Slack wants an answer within 3 seconds and the
+Timbal call may take longer), then parses, lists, renders and answers through `respond()`.
+An empty ack shows nothing in the channel, so no stale "Fetching…" line is left above the
+answer and every outcome reaches the user the same way (the response URL).
+
+Timbal's typed errors become one clear sentence; anything else propagates to the app's error
+handler (`handlers.register_error_handler`), which logs it and tells the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+
+from bot.query import HelpRequest, QueryError, parse_jobs_command
+from bot.render.listing import RenderedMessage, render_error, render_jobs_listing, render_usage
+from bot.services import Services
+from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+
+log = logging.getLogger(__name__)
+
+COMMAND = "/jobs"
+
+
+class ReplyFailed(Exception):
+    """Slack refused the reply at the response URL, even as plain text."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"response_url answered {status}: {body[:200]!r}")
+        self.status = status
+
+
+def describe_failure(error: TimbalError, org_id: str) -> tuple[str, str]:
+    """(metrics outcome, one sentence for the user) for a Timbal error."""
+    if isinstance(error, TimbalAuthError):
+        if error.status == 403:
+            return "forbidden", f"The bot's Timbal API key cannot list jobs for org `{org_id}`."
+        return (
+            "unauthorized",
+            "Timbal rejected the bot's API key; ask an admin to check TIMBAL_API_KEY.",
+        )
+    if isinstance(error, TimbalUnavailable):
+        return "unavailable", "Timbal is not answering right now; try again in a minute."
+    if isinstance(error, TimbalBadResponse):
+        return (
+            "bad_response",
+            "Timbal answered with something unexpected; the bot logged the details.",
+        )
+    return "timbal_error", "Timbal could not list the jobs; the bot logged the details."
+
+
+async def answer(text: str, services: Services, now: datetime) -> tuple[str, RenderedMessage]:
+    """(metrics outcome, reply) for the command text: the I/O shell around the pure parts."""
+    parsed = parse_jobs_command(text)
+    if isinstance(parsed, HelpRequest):
+        return "usage", render_usage()
+    if isinstance(parsed, QueryError):
+        return "usage", render_usage(parsed.message)
+    org_id = services.settings.timbal_org_id
+    try:
+        jobs = await services.timbal.list_jobs(parsed.connector_id)
+    except TimbalError as exc:
+        outcome, sentence = describe_failure(exc, org_id)
+        log.warning("/jobs: Timbal failed (%s): %s", outcome, exc.reason)
+        return outcome, render_error(sentence)
+    message = render_jobs_listing(
+        jobs, query=parsed, classifier=services.classifier, now=now, org_id=org_id
+    )
+    return "ok", message
+
+
+async def reply(respond: AsyncRespond, message: RenderedMessage) -> None:
+    """Send an ephemeral reply; if Slack refuses the blocks, send the text alone."""
+    response = await respond(
+        response_type="ephemeral",
+        text=message.text,
+        blocks=message.blocks,
+        replace_original=False,
+    )
+    if response.status_code == 200:
+        return
+    log.warning(
+        "/jobs: response_url refused the reply (%d %r); retrying as plain text",
+        response.status_code,
+        response.body[:200],
+    )
+    response = await respond(response_type="ephemeral", text=message.text, replace_original=False)
+    if response.status_code != 200:
+        raise ReplyFailed(response.status_code, response.body)
+
+
+async def handle_jobs_command(
+    ack: AsyncAck,
+    command: dict[str, Any],
+    respond: AsyncRespond,
+    context: AsyncBoltContext,
+) -> None:
+    """Ack at once, then answer `/jobs …` ephemerally through the response URL."""
+    await ack()
+    started = time.monotonic()
+    services: Services = context["services"]
+    text = str(command.get("text") or "")
+    outcome = "error"  # what an exception leaves behind; the app's error handler replies
+    try:
+        result, message = await answer(text, services, datetime.now(UTC))
+        await reply(respond, message)
+        outcome = result
+    finally:
+        elapsed = time.monotonic() - started
+        services.metrics.commands.labels(outcome=outcome).inc()
+        services.metrics.command_latency.observe(elapsed)
+        log.info(
+            "/jobs user=%s text=%r outcome=%s ms=%d",
+            command.get("user_id"),
+            text[:200],
+            outcome,
+            elapsed * 1000,
+        )
+
+
+def register(app: AsyncApp) -> None:
+    app.command(COMMAND)(handle_jobs_command)

@@ -1,0 +1,53 @@
+"""Slash commands exactly as Slack sends them, signed or deliberately mis-signed.
+
+The body and the v0 signature come from `bot.sim.slash` (slack_sdk's SignatureVerifier);
+this adds what tests need on top: a forged signature and a stale timestamp.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+import httpx
+
+from bot.sim.slash import SignedRequest, sign, slash_command_body
+
+STALE_SECONDS = 6 * 60  # Slack's verifiers reject a timestamp older than 5 minutes
+
+
+def slash_command(
+    *,
+    text: str,
+    response_url: str,
+    signing_secret: str,
+    command: str = "/jobs",
+    user_id: str = "U0USER",
+    channel_id: str = "C0GENERAL",
+    forge: bool = False,
+    stale: bool = False,
+) -> SignedRequest:
+    """A signed `application/x-www-form-urlencoded` slash command.
+
+    `forge=True` signs with another secret (a request that did not come from Slack);
+    `stale=True` signs correctly but with a timestamp older than Slack's 5-minute window.
+    """
+    body = slash_command_body(
+        text=text,
+        response_url=response_url,
+        command=command,
+        user_id=user_id,
+        channel_id=channel_id,
+    )
+    secret = signing_secret + "-forged" if forge else signing_secret
+    timestamp = int(time.time()) - STALE_SECONDS if stale else None
+    return sign(body, secret, timestamp=timestamp)
+
+
+def form_fields(request: SignedRequest) -> dict[str, str]:
+    """The decoded form, for assertions on what was sent."""
+    return {k: v[0] for k, v in parse_qs(request.body, keep_blank_values=True).items()}
+
+
+async def post(client: httpx.AsyncClient, url: str, request: SignedRequest) -> httpx.Response:
+    return await client.post(url, content=request.body.encode(), headers=request.headers)
