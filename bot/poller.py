@@ -1,0 +1,229 @@
+"""The poller: on the replica holding the org's lease, list jobs, diff, commit, every interval.
+
+One cycle (`run_once`): renew or take the lease (a replica without it returns at once) ->
+`list_jobs()` (one HTTP request for the whole org) -> `SnapshotStore.load()` (one round trip)
+-> `diff()` (pure) -> `Outbox.commit()` (one atomic script) -> heartbeat. It logs one line:
+`poll org=x jobs=120 events=2 enqueued=2 duplicates=0 removed=0 baseline=no ms=41`.
+
+`run_forever(stop)` runs cycles on a fixed grid (tick k at start + k * interval, so work time
+does not make the schedule drift; ticks missed by a slow cycle are skipped, not bunched up),
+backs off exponentially (capped) while Timbal or Redis fail, and returns as soon as `stop` is
+set, giving the lease up so another replica takes over without waiting for the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bot.diff import diff
+from bot.metrics import Metrics
+from bot.services import JobsSource
+from bot.states import StateClassifier
+from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from storage.heartbeat import record_poll
+from storage.keys import Keys
+from storage.lease import LEASE_TTL_INTERVALS, PollerLease
+from storage.outbox import Outbox
+from storage.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP_SECONDS = 300.0
+RECOVERABLE: tuple[type[Exception], ...] = (TimbalError, RedisError)
+
+
+class Lease(Protocol):
+    async def acquire_or_renew(self) -> bool: ...
+    async def release(self) -> None: ...
+
+
+Wait = Callable[[asyncio.Event, float], Awaitable[None]]
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.0))
+
+
+@dataclass(frozen=True)
+class PollResult:
+    jobs: int = 0
+    events: int = 0
+    enqueued: int = 0
+    duplicates: int = 0
+    baseline: bool = False
+    skipped_not_leader: bool = False
+    ms: float = 0.0
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The `outcome` label a failed cycle is counted under."""
+    if isinstance(exc, TimbalAuthError):
+        return "timbal_auth"
+    if isinstance(exc, TimbalUnavailable):
+        return "timbal_unavailable"
+    if isinstance(exc, TimbalBadResponse):
+        return "timbal_bad_response"
+    if isinstance(exc, TimbalError):
+        return "timbal_error"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "redis_unavailable"
+    return "redis_error"
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        timbal: JobsSource,
+        keys: Keys,
+        classifier: StateClassifier,
+        org_id: str,
+        interval: float,
+        metrics: Metrics,
+        holder: str,
+        backfill: timedelta = timedelta(0),
+        vanish_grace: timedelta = timedelta(hours=1),
+        alert_on_started: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: Lease | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wait: Wait = wait_or_stop,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("the poll interval must be positive")
+        self.interval = interval
+        self.org_id = org_id
+        self._redis = redis
+        self._timbal = timbal
+        self._keys = keys
+        self._classifier = classifier
+        self._metrics = metrics
+        self._backfill = backfill
+        self._vanish_grace = vanish_grace
+        self._alert_on_started = alert_on_started
+        self._clock = clock
+        self._monotonic = monotonic
+        self._wait = wait
+        self._lease: Lease = lease or PollerLease(
+            redis, keys, holder=holder, ttl=LEASE_TTL_INTERVALS * interval
+        )
+        self._snapshots = SnapshotStore(redis, keys)
+        self._outbox = Outbox(redis, keys)
+
+    async def run_once(self) -> PollResult:
+        """One cycle; raises TimbalError / RedisError (counted) for the caller to back off."""
+        started = self._monotonic()
+        try:
+            result = await self._cycle(started)
+        except RECOVERABLE as exc:
+            self._metrics.polls.labels(outcome=outcome_of(exc)).inc()
+            raise
+        self._metrics.polls.labels(
+            outcome="not_leader" if result.skipped_not_leader else "ok"
+        ).inc()
+        return result
+
+    async def _cycle(self, started: float) -> PollResult:
+        if not await self._lease.acquire_or_renew():
+            log.debug("poll org=%s skipped: another replica holds the lease", self.org_id)
+            return PollResult(skipped_not_leader=True, ms=self._ms_since(started))
+        jobs = await self._timbal.list_jobs()
+        previous = await self._snapshots.load()
+        now = self._clock()
+        changes = diff(
+            previous,
+            jobs,
+            now,
+            org_id=self.org_id,
+            classifier=self._classifier,
+            backfill=self._backfill,
+            vanish_grace=self._vanish_grace,
+            alert_on_started=self._alert_on_started,
+        )
+        committed = await self._outbox.commit(changes, now)
+        await record_poll(self._redis, self._keys, now)
+
+        enqueued = set(committed.enqueued)
+        for event in changes.events:
+            if event.event_id in enqueued:
+                self._metrics.events.labels(kind=event.kind.value).inc()
+        self._metrics.jobs_seen.set(len(jobs))
+        ms = self._ms_since(started)
+        self._metrics.poll_duration.observe(ms / 1000)
+        log.info(
+            "poll org=%s jobs=%d events=%d enqueued=%d duplicates=%d removed=%d baseline=%s"
+            " ms=%.0f",
+            self.org_id,
+            len(jobs),
+            len(changes.events),
+            len(committed.enqueued),
+            committed.duplicates,
+            len(changes.removals),
+            "yes" if changes.baseline else "no",
+            ms,
+        )
+        return PollResult(
+            jobs=len(jobs),
+            events=len(changes.events),
+            enqueued=len(committed.enqueued),
+            duplicates=committed.duplicates,
+            baseline=changes.baseline,
+            ms=ms,
+        )
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Poll on a drift-free grid until `stop` is set; back off while dependencies fail."""
+        failures = 0
+        next_tick = self._monotonic()
+        try:
+            while not stop.is_set():
+                scheduled = next_tick
+                try:
+                    await self.run_once()
+                    failures = 0
+                    step = self.interval
+                except RECOVERABLE as exc:
+                    failures += 1
+                    step = self.backoff(failures)
+                    log.warning(
+                        "poll org=%s failed outcome=%s error=%s: %s retry_in=%.0fs",
+                        self.org_id,
+                        outcome_of(exc),
+                        type(exc).__name__,
+                        exc,
+                        step,
+                    )
+                now = self._monotonic()
+                next_tick = scheduled + step
+                if next_tick <= now:  # the cycle overran: skip the ticks it missed
+                    next_tick += (math.floor((now - next_tick) / self.interval) + 1) * self.interval
+                if stop.is_set():
+                    break
+                await self._wait(stop, next_tick - now)
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._lease.release()
+
+    def backoff(self, failures: int) -> float:
+        """Seconds before the next try after `failures` failed cycles in a row."""
+        cap = max(BACKOFF_CAP_SECONDS, self.interval)
+        return float(min(self.interval * 2 ** min(failures - 1, 32), cap))
+
+    def _ms_since(self, started: float) -> float:
+        return (self._monotonic() - started) * 1000
