@@ -68,7 +68,13 @@ class JobSnapshot(BaseModel):
 
     def same_job_state(self, other: JobSnapshot) -> bool:
         """Equal in everything but `last_seen`."""
-        return self.model_copy(update={"last_seen": other.last_seen}) == other
+        return (
+            self.state == other.state
+            and self.state_class == other.state_class
+            and self.finished_at == other.finished_at
+            and self.started_at == other.started_at
+            and self.updated_at == other.updated_at
+        )
 
 
 @dataclass(frozen=True)

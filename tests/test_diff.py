@@ -420,3 +420,19 @@ def test_backfill_only_reports_terminal_jobs_inside_the_window(listing: list[Job
     for event in result.events:
         assert event.kind is not EventKind.STARTED
         assert NOW - (event.job.finished_at or event.job.updated_at) <= window
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"state": "error"},
+        {"finished_at": F2.isoformat()},
+        {"started_at": S2.isoformat()},
+        {"updated_at": NOW.isoformat()},
+    ],
+)
+def test_any_change_but_last_seen_is_written(change: dict[str, Any]) -> None:
+    before = job(state="failed", finished_at=F1, started_at=S1)
+    after = Job.model_validate(before.model_dump(mode="json") | change)
+    result = run({"j1": snap(before, last_seen=NOW)}, after)
+    assert result.upserts == {"j1": snap(after, last_seen=NOW)}
