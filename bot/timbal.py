@@ -1,0 +1,284 @@
+"""The Timbal API client: `GET /orgs/{org_id}/connectors/jobs` into `Job` models.
+
+One shared `httpx.AsyncClient` (explicit timeouts, bearer key, `User-Agent`); the GET is
+retried on timeouts, connection errors, 5xx and 429 only, with exponential back-off and
+jitter, honouring `Retry-After` (capped). Bodies are read with a bound. Items that fail
+`Job` validation are skipped and logged, so one bad job cannot hide the others; a listing
+whose items are *all* malformed is a contract break and raises `TimbalBadResponse` (an empty
+answer would read as "no jobs" to users and as "every job vanished" to the poller).
+
+Exceptions (`.reason` is short, safe to show a user, and never holds the API key):
+
+    TimbalError
+    ├── TimbalAuthError    401 (key rejected) or 403 (key cannot list this org); `.status`
+    ├── TimbalUnavailable  timeout, connection error, 5xx or 429, after the retries; `.status`
+    └── TimbalBadResponse  not JSON, wrong shape, too large, or another status (404, 3xx…)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from bot import __version__
+from bot.config import Settings
+from bot.models import Job
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a listing larger than this is not an answer we can use
+MAX_ERROR_BODY_BYTES = 4096  # enough of an error page to log its start
+LOGGED_BODY_CHARS = 200
+MAX_RETRY_DELAY = 10.0  # seconds; caps both Retry-After and the exponential back-off
+RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+HEADERS = {"Accept": "application/json", "User-Agent": f"timbal-jobs-bot/{__version__}"}
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class TimbalError(Exception):
+    """Listing jobs failed; `reason` is one short sentence, safe to show a user."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class TimbalAuthError(TimbalError):
+    """401: the API key was rejected. 403: the key cannot list jobs for the org."""
+
+    status: int
+
+    def __init__(self, reason: str, *, status: int) -> None:
+        super().__init__(reason, status=status)
+
+
+class TimbalUnavailable(TimbalError):
+    """Timbal did not answer usefully (timeout, connection, 5xx, 429) after the retries."""
+
+
+class TimbalBadResponse(TimbalError):
+    """Timbal answered, but not with the documented listing."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobListing:
+    jobs: list[Job]
+    skipped: int  # items that failed validation (each logged at WARNING)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """`Retry-After` as seconds from `now` (delta-seconds or HTTP-date), capped; None if absent."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_DELAY)
+
+
+def _summary(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<item>'}: {e['msg']}" for e in errors)
+
+
+def parse_listing(payload: Any, *, redact: Callable[[str], str] = str) -> JobListing:
+    """The decoded body as a listing: bad items skipped and logged, a bad shape raised."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("jobs"), list):
+        raise TimbalBadResponse("Timbal answered without a list of jobs.")
+    jobs: list[Job] = []
+    for index, item in enumerate(payload["jobs"]):
+        try:
+            jobs.append(Job.model_validate(item))
+        except ValidationError as exc:
+            shown = redact(repr(item.get("id") if isinstance(item, dict) else None)[:100])
+            log.warning("timbal: skipped job item %d (id=%s): %s", index, shown, _summary(exc))
+    skipped = len(payload["jobs"]) - len(jobs)
+    if skipped and not jobs:
+        raise TimbalBadResponse(f"Timbal listed {skipped} jobs, none in the documented shape.")
+    return JobListing(jobs=jobs, skipped=skipped)
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the (decoded) body, and whether there was more."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+class TimbalClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: SecretStr,
+        org_id: str,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.25,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        base = httpx.URL(base_url)
+        if base.scheme not in ("http", "https") or not base.host or base.userinfo:
+            raise ValueError("base_url must be an http(s) URL without credentials")
+        if org_id in ("", ".", ".."):
+            raise ValueError(f"org_id {org_id!r} cannot name an org in a URL path")
+        prefix = base.raw_path.split(b"?")[0].rstrip(b"/")
+        org = quote(org_id, safe="").encode("ascii")
+        self.url = base.copy_with(raw_path=prefix + b"/orgs/" + org + b"/connectors/jobs")
+        self.org_id = org_id
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(connect=timeout, read=timeout, write=timeout, pool=timeout)
+        self._retries = max(retries, 0)
+        self._backoff = backoff
+        self._sleep = sleep
+        self._own_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=self._timeout)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        retries: int = 2,
+        backoff: float = 0.25,
+        sleep: Sleep = asyncio.sleep,
+    ) -> TimbalClient:
+        return cls(
+            base_url=str(settings.timbal_api_url),
+            api_key=settings.timbal_api_key,
+            org_id=settings.timbal_org_id,
+            http=http,
+            timeout=settings.timbal_timeout_seconds,
+            retries=retries,
+            backoff=backoff,
+            sleep=sleep,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it (an injected one is the caller's)."""
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> TimbalClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def list_jobs(self, connector_id: str | None = None) -> list[Job]:
+        """The org's jobs (one connector's if given); malformed items are skipped and logged."""
+        return (await self.list_jobs_detailed(connector_id)).jobs
+
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
+        """Like `list_jobs`, with the count of skipped items."""
+        # The connector only ever travels as a query parameter, never in the path.
+        params = {} if connector_id is None else {"connector_id": connector_id}
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        request = self._http.build_request(
+            "GET", self.url, params=params, headers=headers | HEADERS, timeout=self._timeout
+        )
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            try:
+                return await self._attempt(request)
+            except _Retry as retry:
+                if attempt + 1 == attempts:
+                    raise retry.error from retry.__cause__
+                delay = retry.delay if retry.delay is not None else self._delay(attempt)
+                what = f"GET {request.url} attempt {attempt + 1}/{attempts}"
+                log.warning("timbal: %s: %s; retrying in %.2fs", what, retry.error.reason, delay)
+                await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential back-off with jitter: between half and all of backoff * 2**attempt."""
+        return min(self._backoff * 2.0**attempt * random.uniform(0.5, 1.0), MAX_RETRY_DELAY)
+
+    async def _attempt(self, request: httpx.Request) -> JobListing:
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise _Retry(TimbalUnavailable("Timbal did not answer in time.")) from exc
+        except RETRYABLE_ERRORS as exc:
+            raise _Retry(TimbalUnavailable("Timbal could not be reached.")) from exc
+        except httpx.HTTPError as exc:
+            raise TimbalError(f"The request to Timbal failed ({type(exc).__name__}).") from exc
+        try:
+            return await self._handle(response)
+        except httpx.DecodingError as exc:
+            raise TimbalBadResponse("Timbal sent a body that could not be decoded.") from exc
+        except RETRYABLE_ERRORS as exc:  # the connection broke while reading the body
+            raise _Retry(TimbalUnavailable("Timbal stopped answering mid-response.")) from exc
+        finally:
+            await response.aclose()
+
+    async def _handle(self, response: httpx.Response) -> JobListing:
+        status = response.status_code
+        if not 200 <= status < 300:
+            head, _ = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+            text = self._redact(repr(head.decode("utf-8", "replace")[:LOGGED_BODY_CHARS]))
+            log.warning("timbal: GET %s answered %d: %s", response.request.url, status, text)
+            raise self._status_error(response)
+        body, truncated = await _read_bounded(response, MAX_BODY_BYTES)
+        if truncated:
+            raise TimbalBadResponse("Timbal's answer was too large.", status=status)
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            text = self._redact(repr(body[:LOGGED_BODY_CHARS].decode("utf-8", "replace")))
+            log.warning("timbal: answer %d is not JSON: %s", status, text)
+            raise TimbalBadResponse("Timbal's answer was not JSON.", status=status) from None
+        return parse_listing(payload, redact=self._redact)
+
+    def _redact(self, text: str) -> str:
+        """Keep the key out of logged server text (an error page may echo our headers)."""
+        key = self._api_key.get_secret_value()
+        return text.replace(key, "[redacted]") if key else text
+
+    def _status_error(self, response: httpx.Response) -> TimbalError | _Retry:
+        status = response.status_code
+        if status == 401:
+            return TimbalAuthError("Timbal rejected the API key (401).", status=401)
+        if status == 403:
+            return TimbalAuthError(
+                f"The API key cannot list jobs for org {self.org_id} (403).", status=403
+            )
+        if status == 429 or status >= 500:
+            delay = None
+            if status in (429, 503):
+                delay = retry_after_seconds(response.headers.get("Retry-After"), datetime.now(UTC))
+            return _Retry(TimbalUnavailable(f"Timbal answered {status}.", status=status), delay)
+        return TimbalBadResponse(f"Timbal answered an unexpected {status}.", status=status)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth retrying; `error` is what the caller gets."""
+
+    def __init__(self, error: TimbalError, delay: float | None = None) -> None:
+        super().__init__(error.reason)
+        self.error = error
+        self.delay = delay
