@@ -464,3 +464,32 @@ def test_an_invalid_documented_value_fails_to_load(monkeypatch: pytest.MonkeyPat
     assignments = [*env_example_assignments(), ("POLL_INTERVAL_SECONDS", "0.5", False)]
     with pytest.raises(ValidationError, match="poll_interval_seconds"):
         wrong_defaults(assignments, monkeypatch)
+
+
+# --- docs/deploy.md stays true to the code ------------------------------------------------------
+def test_deploy_doc_lists_every_redis_key_and_only_those() -> None:
+    from storage.keys import Keys
+
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`…(:[a-z:]+(?::<channel>)?)`", doc))
+    keys = Keys("tjb", "org")
+    base = "tjb:{org}"
+    actual = {
+        getattr(keys, name).removeprefix(base)
+        for name in dir(Keys)
+        if isinstance(getattr(Keys, name, None), property) and not name.startswith("_")
+    }
+    actual |= {keys.channel_gate("<channel>").removeprefix(base)}
+    actual |= {keys.channel_pause("<channel>").removeprefix(base)}
+    assert documented == actual
+
+
+@pytest.mark.parametrize("flag", ["--no-poller", "--no-notifier", "--no-commands"])
+def test_deploy_doc_role_flags_exist(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    assert flag in (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    assert flag in capsys.readouterr().out
