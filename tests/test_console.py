@@ -92,6 +92,10 @@ def test_code_fences_become_a_marked_block() -> None:
     ]
 
 
+def test_blank_code_lines_have_no_trailing_space() -> None:
+    assert mrkdwn_lines("```a\n\nb```") == ["│ a", "│", "│ b"]
+
+
 def test_code_is_not_emojized_or_bolded() -> None:
     lines = mrkdwn_lines("```:x: *not bold*```")
     assert lines == ["│ :x: *not bold*"]

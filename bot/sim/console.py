@@ -95,7 +95,8 @@ def mrkdwn_to_text(text: str, *, color: bool = False) -> str:
 
 def _code_lines(code: str, color: bool) -> list[str]:
     return [
-        _paint("│ ", DIM, color) + _paint(unescape(ln), YELLOW, color) for ln in code.split("\n")
+        _paint("│ " if ln else "│", DIM, color) + _paint(unescape(ln), YELLOW, color)
+        for ln in code.split("\n")
     ]
 
 
