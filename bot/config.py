@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     """Every setting the bot reads. Names are the environment variables, upper-cased."""
 
     model_config = SettingsConfigDict(
-        env_file=None, case_sensitive=False, extra="ignore", frozen=True
+        env_file=None, case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
     )
 
     # Timbal

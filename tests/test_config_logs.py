@@ -106,3 +106,14 @@ def test_secrets_are_redacted_from_logs() -> None:
         assert secret not in text
     assert REDACTED in text
     assert "rejected" in text
+
+
+def test_blank_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A `.env` copied from `.env.example` leaves optional settings blank: that means "unset".
+    monkeypatch.setenv("SLACK_APP_TOKEN", "")
+    monkeypatch.setenv("SLACK_MODE", "")
+    monkeypatch.setenv("REDIS_URL", "")
+    s = load_settings(**BASE)
+    assert s.slack_app_token is None
+    assert s.effective_slack_mode is SlackMode.HTTP
+    assert s.redis_url is None
