@@ -4,7 +4,9 @@ It answers `auth.test`, `chat.postMessage`, `chat.update`, `chat.postEphemeral`,
 `conversations.history` and response URLs (`/response/{id}`), records every call, checks
 the bot token, rejects blocks over Block Kit's limits with `invalid_blocks` and text over
 40,000 characters with `msg_too_long`, and can be told to fail (429 with `Retry-After`, 5xx,
-`ok: false` with an error), for all calls or for one channel.
+`ok: false` with an error), for all calls or for one channel. With a Socket Mode fake
+attached (`start_socket_mode()`) it also answers `apps.connections.open`, which checks the
+app-level token instead of the bot token.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -117,6 +121,7 @@ class FakeSlack:
     messages: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     down: bool = False  # every call answers 503 while set
+    socket_mode: FakeSocketMode | None = None  # set by start_socket_mode()
     _runner: web.AppRunner | None = None
     _port: int = 0
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -138,7 +143,14 @@ class FakeSlack:
         self._changed = asyncio.Condition()
         return self
 
+    async def start_socket_mode(self, app_token: str = DEFAULT_APP_TOKEN) -> FakeSocketMode:
+        """Start a Socket Mode endpoint; `apps.connections.open` with `app_token` points to it."""
+        self.socket_mode = await FakeSocketMode(app_token=app_token).start()
+        return self.socket_mode
+
     async def stop(self) -> None:
+        if self.socket_mode is not None:
+            await self.socket_mode.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -223,7 +235,12 @@ class FakeSlack:
             return web.Response(status=503, text="upstream connect error")
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")
-        if token != self.bot_token:
+        socket = self.socket_mode if method == "apps.connections.open" else None
+        if socket is not None:  # the one method that takes the app-level token
+            refused = socket.refusal(token)
+            if refused is not None:
+                return web.json_response({"ok": False, "error": refused})
+        elif token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         scripted = self._scripted(method, call.channel)
         if scripted is not None:
@@ -234,6 +251,8 @@ class FakeSlack:
                 payload = {"ok": False, "error": scripted.error or "ratelimited"}
                 return web.json_response(payload, status=scripted.status, headers=headers)
             return web.json_response({"ok": False, "error": scripted.error}, headers=headers)
+        if socket is not None:
+            return web.json_response({"ok": True, "url": socket.new_url()})
         if method == "auth.test":
             return web.json_response(
                 {
