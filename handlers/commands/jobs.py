@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,5 +125,17 @@ async def handle_jobs_command(
         )
 
 
+async def ack_before_listener(ack: AsyncAck, next_: Callable[[], Awaitable[None]]) -> None:
+    """Ack in listener middleware, before the listener's task starts.
+
+    With `process_before_response=False`, Bolt (1.30) polls every 10 ms for the listener's
+    ack; if the listener raises before the first poll, Bolt's error path resets
+    `ack.response` and Slack gets a 404 three seconds later. Acked here, the ack is sent at
+    once whatever the listener does; the listener's own `ack()` is then a no-op.
+    """
+    await ack()
+    await next_()
+
+
 def register(app: AsyncApp) -> None:
-    app.command(COMMAND)(handle_jobs_command)
+    app.command(COMMAND, middleware=[ack_before_listener])(handle_jobs_command)
