@@ -12,10 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.webhook import WebhookResponse
 
 from bot.config import load_settings
+from bot.render.listing import RenderedMessage
 from bot.runtime import Runtime, running
+from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 from handlers import SORRY
+from handlers.commands.jobs import ReplyFailed, describe_failure, reply
 from tests.fakes import Call, FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import form_fields, post, slash_command
 
@@ -325,3 +329,69 @@ async def test_a_slow_timbal_still_gets_the_ack_first(
     assert reply.at > acked_at
     assert len(fake_timbal.requests) == 1
     assert "*4 jobs*" in blocks_text(reply.body)
+
+
+# --- the shell's pieces, without HTTP -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome", "sentence"),
+    [
+        (TimbalAuthError("x", status=403), "forbidden", "cannot list jobs for org `org_a`."),
+        (TimbalAuthError("x", status=401), "unauthorized", "check TIMBAL_API_KEY."),
+        (TimbalUnavailable("x", status=503), "unavailable", "try again in a minute."),
+        (TimbalBadResponse("x"), "bad_response", "the bot logged the details."),
+        (TimbalError("x"), "timbal_error", "Timbal could not list the jobs;"),
+    ],
+)
+def test_describe_failure(error: TimbalError, outcome: str, sentence: str) -> None:
+    got_outcome, got_sentence = describe_failure(error, "org_a")
+    assert got_outcome == outcome
+    assert sentence in got_sentence
+
+
+class ScriptedRespond:
+    """Stands in for Bolt's `respond`: answers each call with the next status."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, **kwargs: Any) -> WebhookResponse:
+        self.calls.append(kwargs)
+        status = self.statuses.pop(0)
+        return WebhookResponse(
+            url="http://x", status_code=status, body="invalid_blocks", headers={}
+        )
+
+
+MESSAGE = RenderedMessage(text="hello", blocks=[{"type": "divider"}])
+
+
+async def test_reply_sends_blocks_once_when_accepted() -> None:
+    respond = ScriptedRespond(200)
+    await reply(respond, MESSAGE)  # type: ignore[arg-type]
+    assert respond.calls == [
+        {
+            "response_type": "ephemeral",
+            "text": "hello",
+            "blocks": [{"type": "divider"}],
+            "replace_original": False,
+        }
+    ]
+
+
+async def test_reply_falls_back_to_text_when_blocks_are_refused() -> None:
+    respond = ScriptedRespond(400, 200)
+    await reply(respond, MESSAGE)  # type: ignore[arg-type]
+    assert [("blocks" in c, c["text"]) for c in respond.calls] == [
+        (True, "hello"),
+        (False, "hello"),
+    ]
+
+
+async def test_reply_raises_when_even_text_is_refused() -> None:
+    respond = ScriptedRespond(404, 404)
+    with pytest.raises(ReplyFailed) as failed:
+        await reply(respond, MESSAGE)  # type: ignore[arg-type]
+    assert failed.value.status == 404
