@@ -3,11 +3,10 @@ the reply read at FakeSlack's response URL."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from handlers import SORRY
 from handlers.commands.jobs import ReplyFailed, describe_failure, reply
 from tests.fakes import Call, FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import form_fields, post, slash_command
+from tests.waiting import wait_until
 
 SIGNING_SECRET = "test-signing-secret"  # the bot_env fixture's
 
@@ -85,15 +85,6 @@ def latency_count(rt: Runtime) -> float:
     return value or 0.0
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll `predicate` until it holds (the handler records metrics after it replies)."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
-
-
 def seed(fake_timbal: FakeTimbal) -> None:
     fake_timbal.jobs = [
         make_job("j-run", state="running", started_at="2025-03-01T11:00:00Z"),
@@ -129,8 +120,8 @@ async def test_jobs_lists_the_org(
     (request,) = fake_timbal.requests
     assert request["query"] == {}
     assert request["authorization"] == f"Bearer {fake_timbal.api_key}"
-    await eventually(lambda: outcome_count(rt, "ok") == 1)
-    await eventually(lambda: latency_count(rt) == 1)
+    await wait_until(lambda: outcome_count(rt, "ok") == 1)
+    await wait_until(lambda: latency_count(rt) == 1)
 
 
 async def test_jobs_for_one_connector_filters_at_the_api(
@@ -194,7 +185,7 @@ async def test_help_and_bad_input_get_the_usage(
     else:
         assert f":warning: {reason}" in rendered
     assert fake_timbal.requests == []  # nothing to ask Timbal
-    await eventually(lambda: outcome_count(rt, "usage") == 1)
+    await wait_until(lambda: outcome_count(rt, "usage") == 1)
 
 
 # --- Timbal's failures -------------------------------------------------------------------
@@ -248,7 +239,7 @@ async def test_timbal_errors_become_one_sentence(
             "text": {"type": "mrkdwn", "text": f":warning: {sentence}", "verbatim": True},
         }
     ]
-    await eventually(lambda: outcome_count(rt, outcome) == 1)
+    await wait_until(lambda: outcome_count(rt, outcome) == 1)
     assert outcome_count(rt, "ok") == 0
 
 
@@ -271,7 +262,7 @@ async def test_an_unexpected_error_is_logged_and_the_user_told(
     assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
     assert "/jobs" in record.getMessage()
     assert SIGNING_SECRET not in caplog.text and "deprecated-verification-token" not in caplog.text
-    await eventually(lambda: outcome_count(rt, "error") == 1)
+    await wait_until(lambda: outcome_count(rt, "error") == 1)
 
 
 async def test_a_refused_reply_is_retried_as_text_then_reported(
@@ -287,7 +278,7 @@ async def test_a_refused_reply_is_retried_as_text_then_reported(
     assert "blocks" in blocks.body
     assert "blocks" not in plain.body and plain.body["text"] == blocks.body["text"]
     assert sorry.body["text"] == SORRY
-    await eventually(lambda: outcome_count(rt, "error") == 1)
+    await wait_until(lambda: outcome_count(rt, "error") == 1)
     assert outcome_count(rt, "ok") == 1  # the first one
 
 
