@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings
+from bot.config import Settings, SlackMode
 from bot.timbal import TimbalClient, TimbalError
 
 MIN_REDIS = (6, 2)  # XAUTOCLAIM and GETDEL arrived in 6.2
@@ -72,13 +72,26 @@ async def check_slack(slack: AsyncWebClient) -> CheckResult:
     )
 
 
+async def check_socket_mode(slack: AsyncWebClient, app_token: str) -> CheckResult:
+    """Socket Mode needs an app-level token that may open connections."""
+    try:
+        await slack.apps_connections_open(app_token=app_token)
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        return CheckResult("slack socket mode", False, f"apps.connections.open failed: {error}")
+    except Exception as exc:
+        return CheckResult("slack socket mode", False, f"unreachable ({type(exc).__name__})")
+    return CheckResult("slack socket mode", True, "SLACK_APP_TOKEN may open a connection")
+
+
 async def run_checks(
     settings: Settings, *, redis: aioredis.Redis, timbal: TimbalClient, slack: AsyncWebClient
 ) -> list[CheckResult]:
-    return list(
-        await asyncio.gather(
-            check_redis(redis, embedded=settings.redis_url is None),
-            check_timbal(timbal, settings.timbal_org_id),
-            check_slack(slack),
-        )
-    )
+    checks = [
+        check_redis(redis, embedded=settings.redis_url is None),
+        check_timbal(timbal, settings.timbal_org_id),
+        check_slack(slack),
+    ]
+    if settings.effective_slack_mode is SlackMode.SOCKET and settings.slack_app_token is not None:
+        checks.append(check_socket_mode(slack, settings.slack_app_token.get_secret_value()))
+    return list(await asyncio.gather(*checks))

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bool) -> int:
-    from bot.runtime import Runtime
+    from bot.runtime import Runtime, StartupError
 
     runtime = Runtime(settings, poller=poller, notifier=notifier, commands=commands)
     loop = asyncio.get_running_loop()
@@ -94,9 +94,12 @@ async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bo
     try:
         await runtime.start()
         await runtime.wait()
+    except StartupError as exc:
+        print(f"timbal-jobs-bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         await runtime.close()
-    return 0
+    return 0 if runtime.stopped_cleanly else 1
 
 
 async def _check(settings: Settings) -> int:
@@ -124,10 +127,12 @@ async def _check(settings: Settings) -> int:
 
 
 async def _jobs(settings: Settings, connector: str | None, state: str | None, limit: int) -> int:
+    from bot.query import JobsQuery
     from bot.services import classifier_from
     from bot.table import format_jobs_table
     from bot.timbal import TimbalClient, TimbalError
 
+    classifier = classifier_from(settings)
     timbal = TimbalClient.from_settings(settings)
     try:
         jobs = await timbal.list_jobs(connector)
@@ -136,14 +141,15 @@ async def _jobs(settings: Settings, connector: str | None, state: str | None, li
         return 1
     finally:
         await timbal.aclose()
-    if state is not None:
-        jobs = [j for j in jobs if j.state.lower() == state.strip().lower()]
+    if state is not None:  # the same filter as `/jobs state=`: a state or a whole class
+        query = JobsQuery(connector_id=connector, state=state.strip().lower())
+        jobs = [j for j in jobs if query.wants(j, classifier)]
     if not jobs:
         where = f"connector {connector}" if connector else f"org {settings.timbal_org_id}"
         print(f"No jobs for {where}.")
         return 0
     table = format_jobs_table(
-        jobs, now=datetime.now(UTC), classifier=classifier_from(settings), limit=max(limit, 1)
+        jobs, now=datetime.now(UTC), classifier=classifier, limit=max(limit, 1)
     )
     print(table)
     return 0

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings, SlackMode
@@ -39,6 +41,13 @@ from storage.keys import Keys
 log = logging.getLogger(__name__)
 
 SLACK_EVENTS_PATH = "/slack/events"
+FATAL_SOCKET_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "not_allowed_token_type", "account_inactive", "token_revoked"}
+)
+
+
+class StartupError(Exception):
+    """The bot cannot start with this configuration; the message says what to fix."""
 
 
 def replica_id() -> str:
@@ -93,6 +102,7 @@ class Runtime:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
+        self.stopped_cleanly = True  # False once a worker died on its own
 
     # --- construction -----------------------------------------------------------------
     def _build_app(self) -> AsyncApp:
@@ -157,15 +167,13 @@ class Runtime:
     async def start(self) -> None:
         """Serve HTTP, connect Socket Mode when configured, start the workers."""
         await self._start_http()
-        if self.app is not None and self.settings.effective_slack_mode is SlackMode.SOCKET:
-            token = self.settings.slack_app_token
-            assert token is not None  # Settings guarantees it in socket mode
-            self._socket = AsyncSocketModeHandler(self.app, token.get_secret_value())
-            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        # Workers first: alerts must flow even while Slack's socket is still connecting.
         if self.poller is not None:
             self._spawn("poller", self.poller.run_forever(self.stop_event))
         if self.notifier is not None:
             self._spawn("notifier", self.notifier.run_forever(self.stop_event))
+        if self.app is not None and self.settings.effective_slack_mode is SlackMode.SOCKET:
+            await self._connect_socket(self.app)
         roles = ",".join(name for name, on in self.roles.items() if on) or "none"
         log.info(
             "timbal-jobs-bot up: org=%s mode=%s roles=%s port=%d replica=%s",
@@ -176,6 +184,27 @@ class Runtime:
             self.replica,
         )
 
+    async def _connect_socket(self, app: AsyncApp) -> None:
+        token = self.settings.slack_app_token
+        assert token is not None  # Settings guarantees it in socket mode
+        self._socket = AsyncSocketModeHandler(app, token.get_secret_value())
+        client = self._socket.client
+        # slack_sdk's connect() retries a refused token forever; ask once so a bad
+        # SLACK_APP_TOKEN fails start-up with a clear message instead of hanging.
+        try:
+            client.wss_uri = await client.issue_new_wss_url()
+        except SlackApiError as exc:
+            error = exc.response.get("error") if exc.response is not None else None
+            if error in FATAL_SOCKET_ERRORS:
+                raise StartupError(
+                    f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {error}); "
+                    "create an app-level token with connections:write"
+                ) from None
+            log.warning("apps.connections.open failed (%s); Socket Mode will retry", error)
+        except aiohttp.ClientError as exc:
+            log.warning("Slack is not reachable (%s); Socket Mode will retry", type(exc).__name__)
+        await self._socket.connect_async()  # type: ignore[no-untyped-call]
+
     def _spawn(self, name: str, work: Awaitable[None]) -> None:
         async def guarded() -> None:
             try:
@@ -183,6 +212,7 @@ class Runtime:
             finally:
                 if not self.stop_event.is_set():
                     log.error("worker %s stopped unexpectedly; shutting down", name)
+                    self.stopped_cleanly = False
                     self.stop_event.set()
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))

@@ -6,9 +6,7 @@ connects to it, answers `/jobs` delivered as an envelope, acks first, and reconn
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,9 +19,10 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings, load_settings
-from bot.runtime import Runtime, running
+from bot.runtime import Runtime, StartupError, running
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 from tests.fakes import FakeSlack, FakeTimbal, make_job
+from tests.proc import clean_env, run_cli
 from tests.waiting import wait_until
 
 
@@ -311,32 +310,43 @@ async def test_the_bot_reconnects_and_keeps_answering(
     assert len(fake_slack.calls_to("apps.connections.open")) == 2
 
 
-async def test_a_bad_app_token_never_connects_and_readyz_says_not_connected(
+async def test_a_bad_app_token_fails_start_up_clearly(
     bot_env: dict[str, str],
     redis_url: str,
-    http: httpx.AsyncClient,
     fake_slack: FakeSlack,
     socket_mode: FakeSocketMode,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """slack_sdk retries a refused `apps.connections.open` forever (every ping interval), so
-    `start()` does not return; /readyz, already served, reports Slack as not connected."""
+    """slack_sdk would retry a refused `apps.connections.open` forever; the runtime asks once
+    first, so a revoked SLACK_APP_TOKEN stops start-up with a message that says what to fix."""
     bad = "xapp-1-A0APP-1-revoked-secret"
     runtime = Runtime(socket_settings(redis_url, app_token=bad), poller=False, notifier=False)
-    starting = asyncio.create_task(runtime.start())
     try:
-        with caplog.at_level(logging.ERROR):
-            await fake_slack.wait_for(lambda f: len(f.calls_to("apps.connections.open")) >= 1)
-            await wait_until(lambda: runtime.port != 0, what="the HTTP server")
-            status, check = await slack_check(http, runtime)
-            assert (status, check) == (503, {"ok": False, "detail": "not connected"})
-            await wait_until(lambda: "invalid_auth" in caplog.text, what="the error logged")
-        assert "apps.connections.open" in caplog.text  # the log names the refused call
-        assert not starting.done()
-        assert socket_mode.connections == 0 and socket_mode.tickets == []
-        assert bad not in caplog.text
+        with pytest.raises(StartupError) as info:
+            await runtime.start()
     finally:
-        starting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await starting
         await runtime.close()
+    assert "SLACK_APP_TOKEN" in str(info.value)
+    assert "invalid_auth" in str(info.value)
+    assert bad not in str(info.value) + caplog.text
+    assert socket_mode.connections == 0
+    assert socket_mode.tickets == []
+
+
+async def test_run_exits_with_the_reason_on_a_bad_app_token(
+    bot_env: dict[str, str], redis_url: str, fake_slack: FakeSlack, socket_mode: FakeSocketMode
+) -> None:
+    env = clean_env(
+        **{
+            **bot_env,
+            "REDIS_URL": redis_url,
+            "SLACK_MODE": "socket",
+            "SLACK_APP_TOKEN": "xapp-1-A0APP-1-revoked-secret",
+            "PORT": "0",
+            "HOST": "127.0.0.1",
+        }
+    )
+    done = await run_cli("run", env=env, within=30)
+    assert done.code == 2
+    assert "Slack refused SLACK_APP_TOKEN" in done.stderr
+    assert "revoked-secret" not in done.stdout + done.stderr

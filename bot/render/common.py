@@ -5,7 +5,7 @@ Block Kit limits are constants here so every renderer checks the same numbers.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from bot.states import StateClass
 
@@ -69,7 +69,7 @@ def truncate_middle(text: str, limit: int, marker: str = "\n…\n") -> str:
 
 def date_token(when: datetime, fmt: str = "{date_short_pretty} {time}") -> str:
     """A Slack date token: each reader sees the time in their own zone; UTC is the fallback."""
-    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
+    fallback = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"<!date^{int(when.timestamp())}^{fmt}|{fallback}>"
 
 
