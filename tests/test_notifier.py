@@ -15,9 +15,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.events import EventKind
 from bot.metrics import Metrics
-from bot.notify import EVENT_TYPE, Notifier, alert_metadata
+from bot.notify import Notifier
 from bot.render.alerts import render_alert
 from bot.routing import route, single_channel_router
+from bot.slack_post import EVENT_TYPE, alert_metadata
 from storage.delivery import DeliveryRecord, DeliveryState, DeliveryStore, record_field
 from tests.fakes import FakeSlack
 from tests.notifier_helpers import (
