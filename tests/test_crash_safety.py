@@ -105,7 +105,11 @@ async def test_sigkill_at_random_points_posts_every_transition_once(
     expected: Counter[str] = Counter()
     clock = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
     try:
-        await wait_until(lambda: redis_client.exists(keys.baseline), within=30, what="baseline")
+
+        async def baseline_recorded() -> bool:
+            return bool(await redis_client.exists(keys.baseline))
+
+        await wait_until(baseline_recorded, within=30, what="baseline")
         state = dict.fromkeys(job_ids, "queued")
         last_event: dict[str, str] = {}
         reruns = 0
