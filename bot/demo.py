@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
 from datetime import UTC, datetime
 
@@ -44,14 +45,24 @@ def _printer(call: Call) -> None:
     print(format_slack_call(call, color=sys.stdout.isatty()), flush=True)
 
 
-async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+def _stdin_is_pollable() -> bool:
+    """A terminal, pipe or socket can be watched by the event loop; /dev/null or a file cannot."""
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    except (ValueError, OSError):  # stdin closed or not a pipe/tty
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty()
+
+
+async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
+    if not _stdin_is_pollable():  # read a file (or /dev/null) line by line off the loop
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            await queue.put(line.strip())
         await queue.put(None)
         return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         raw = await reader.readline()
         if not raw:
