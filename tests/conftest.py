@@ -10,6 +10,7 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.fakes import FakeSlack, FakeTimbal
+from tests.redis_backends import BACKENDS, Backend
 from tests.redis_server import RedisServer, free_port
 
 __all__ = ["RedisServer", "free_port"]
@@ -74,3 +75,16 @@ def bot_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
+    """The storage tests run on the real server and on the embedded store (fakeredis) alike."""
+    made = Backend(request.param, redis_url)
+    yield made
+    await made.aclose()
+
+
+@pytest.fixture
+def r(backend: Backend) -> aioredis.Redis:
+    return backend.client()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from bot.events import EventKind, JobEvent
@@ -23,24 +21,12 @@ from storage.delivery import (
 )
 from storage.keys import Keys
 from tests.fakes import make_job
-from tests.redis_backends import BACKENDS, Backend
+from tests.redis_backends import Backend
 from tests.waiting import wait_until
 
 KEYS = Keys("tjb", "org_d")
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
-    made = Backend(request.param, redis_url)
-    yield made
-    await made.aclose()
-
-
-@pytest.fixture
-def r(backend: Backend) -> aioredis.Redis:
-    return backend.client()
 
 
 def event(i: int) -> JobEvent:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,22 +13,10 @@ import redis.asyncio as aioredis
 from storage.heartbeat import HEARTBEAT_TTL, last_poll, record_poll
 from storage.keys import Keys
 from storage.lease import PollerLease
-from tests.redis_backends import BACKENDS, Backend
+from tests.redis_backends import Backend
 
 KEYS = Keys("tjb", "org_l")
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
-    made = Backend(request.param, redis_url)
-    yield made
-    await made.aclose()
-
-
-@pytest.fixture
-def r(backend: Backend) -> aioredis.Redis:
-    return backend.client()
 
 
 # --- lease ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from storage.keys import Keys
 from storage.lease import PollerLease
 from storage.snapshots import SnapshotStore
 from tests.fakes import make_job
-from tests.redis_backends import BACKENDS, Backend, count_round_trips
+from tests.redis_backends import Backend, count_round_trips
 
 ORG = "org_p"
 KEYS = Keys("tjb", ORG)
@@ -129,18 +129,6 @@ async def outbox_events(r: aioredis.Redis) -> list[JobEvent]:
     events = [JobEvent.model_validate_json(fields["event"]) for _, fields in raw]
     assert [fields["event_id"] for _, fields in raw] == [e.event_id for e in events]
     return events
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
-    made = Backend(request.param, redis_url)
-    yield made
-    await made.aclose()
-
-
-@pytest.fixture
-def r(backend: Backend) -> aioredis.Redis:
-    return backend.client()
 
 
 # --- one cycle --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,23 +19,11 @@ from storage.keys import Keys
 from storage.outbox import SEEN_EVENTS_RETENTION, Outbox
 from storage.snapshots import SnapshotStore
 from tests.fakes import make_job
-from tests.redis_backends import BACKENDS, Backend, count_round_trips
+from tests.redis_backends import Backend, count_round_trips
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 KEYS = Keys("tjb", "org_s")
 CLASSIFIER = StateClassifier()
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
-    made = Backend(request.param, redis_url)
-    yield made
-    await made.aclose()
-
-
-@pytest.fixture
-def r(backend: Backend) -> aioredis.Redis:
-    return backend.client()
 
 
 def job(job_id: str, state: str = "running", **fields: Any) -> Job:
