@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from bot.models import Job
-from bot.render.common import fmt_count, fmt_duration_ms, fmt_rate
+from bot.render.common import elapsed_ms, fmt_count, fmt_duration_ms, fmt_rate
 from bot.states import StateClassifier
 
 COLUMNS = ("STATE", "CONNECTOR", "TABLE", "MODE", "ROWS", "ROWS/S", "DURATION", "CREATED (UTC)")
@@ -16,16 +16,6 @@ MAX_CELL = 40
 def _cell(text: str) -> str:
     clean = "".join(ch if ch.isprintable() else " " for ch in text)
     return clean if len(clean) <= MAX_CELL else clean[: MAX_CELL - 1] + "…"
-
-
-def live_duration_ms(job: Job, now: datetime) -> int | None:
-    """The API's duration, or for a live run the time so far."""
-    if job.duration_ms is not None:
-        return job.duration_ms
-    if job.finished_at is None:
-        start = job.started_at or job.created_at
-        return max(int((now - start).total_seconds() * 1000), 0)
-    return None
 
 
 def format_jobs_table(
@@ -40,7 +30,7 @@ def format_jobs_table(
             job.mode,
             fmt_count(job.rows_emitted),
             fmt_rate(job.rows_per_sec),
-            fmt_duration_ms(live_duration_ms(job, now)),
+            fmt_duration_ms(elapsed_ms(job, now, terminal=classifier.classify(job).terminal)),
             job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
         for job in shown

@@ -14,11 +14,9 @@ from slack_sdk.models.blocks import Block, ContextBlock, HeaderBlock, SectionBlo
 
 from bot.models import Job
 from bot.query import MAX_LIMIT, USAGE, JobsQuery
-from bot.render.common import MAX_BLOCKS, MAX_SECTION_TEXT, date_token
+from bot.render.common import MAX_BLOCKS, MAX_SECTION_TEXT, clip, date_token, fit_blocks
 from bot.render.listing import (
     RenderedMessage,
-    clip,
-    fit_blocks,
     render_error,
     render_jobs_listing,
     render_usage,

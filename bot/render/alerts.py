@@ -12,11 +12,10 @@ for the notifier to post as thread replies.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -34,14 +33,17 @@ from bot.render.common import (
     MAX_FALLBACK_TEXT,
     MAX_HEADER_TEXT,
     MAX_SECTION_TEXT,
+    clip,
     date_token,
+    elapsed_ms,
     escape,
+    fit_blocks,
     fmt_count,
     fmt_duration_ms,
     fmt_rate,
+    inline_code,
     truncate,
 )
-from bot.render.listing import clip, fit_blocks, inline_code
 
 MAX_MESSAGE_TEXT = 40_000  # Slack's limit for a message's top-level `text`
 ID_CHARS = 80
@@ -89,11 +91,7 @@ def _mrkdwn(text: str) -> MarkdownTextObject:
 
 
 def _date(when: datetime | None) -> str:
-    if when is None:
-        return "—"
-    with contextlib.suppress(OverflowError):  # a timestamp at the edge of datetime's range
-        when = when.astimezone(UTC)
-    return date_token(when)
+    return "—" if when is None else date_token(when)
 
 
 def _flat(text: str | None) -> str:
@@ -113,12 +111,8 @@ def _number(text: str) -> str:
 
 
 def _duration(job: Job) -> str:
-    if job.duration_ms is not None:
-        return _number(fmt_duration_ms(job.duration_ms))
-    start = job.started_at or job.created_at
-    if job.finished_at is not None:
-        return _number(fmt_duration_ms(int((job.finished_at - start).total_seconds() * 1000)))
-    return "—"
+    took = elapsed_ms(job, None, terminal=True)
+    return "—" if took is None else _number(fmt_duration_ms(took))
 
 
 def kind_label(event: JobEvent) -> str:

@@ -5,8 +5,21 @@ Block Kit limits are constants here so every renderer checks the same numbers.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.models import Job
 from bot.states import StateClass
 
 MAX_BLOCKS = 50
@@ -20,6 +33,7 @@ MAX_FALLBACK_TEXT = (
 )
 
 ELLIPSIS = "…"
+MARKER = "\n…\n"  # where clip(middle=True) cut
 
 STATE_EMOJI: dict[StateClass, str] = {
     StateClass.ACTIVE: ":arrows_counterclockwise:",
@@ -69,7 +83,9 @@ def truncate_middle(text: str, limit: int, marker: str = "\n…\n") -> str:
 
 def date_token(when: datetime, fmt: str = "{date_short_pretty} {time}") -> str:
     """A Slack date token: each reader sees the time in their own zone; UTC is the fallback."""
-    fallback = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    with contextlib.suppress(OverflowError):  # a timestamp at the edge of datetime's range
+        when = when.astimezone(UTC)
+    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
     return f"<!date^{int(when.timestamp())}^{fmt}|{fallback}>"
 
 
@@ -105,3 +121,74 @@ def state_emoji(state_class: StateClass, state: str) -> str:
     if state_class is StateClass.ACTIVE and state.strip().lower() in QUEUED_STATES:
         return QUEUED_EMOJI
     return STATE_EMOJI[state_class]
+
+
+def elapsed_ms(job: Job, now: datetime | None, *, terminal: bool) -> int | None:
+    """The run's duration: the API's, else to `finished_at`, else (a live run) to `now`."""
+    if job.duration_ms is not None:
+        return job.duration_ms
+    start = job.started_at or job.created_at
+    if not terminal and now is not None:
+        return int((now - start).total_seconds() * 1000)  # negative when clocks disagree: "—"
+    if job.finished_at is not None:
+        return int((job.finished_at - start).total_seconds() * 1000)
+    return None
+
+
+def _outside_entity(escaped: str, i: int, *, forward: bool) -> int:
+    """Move cut point `i` out of an `&amp;`/`&lt;`/`&gt;` entity it falls inside."""
+    start = escaped.rfind("&", max(0, i - 4), i)
+    if start != -1 and escaped.find(";", start) >= i:
+        return escaped.find(";", start) + 1 if forward else start
+    return i
+
+
+def clip(text: str, limit: int, *, middle: bool = False) -> str:
+    """Escape `text` for mrkdwn and cut it to at most `limit` characters *after* escaping.
+
+    Cuts never split an entity; `middle=True` keeps the head and the tail (where error
+    messages put the cause) and marks the cut.
+    """
+    out = escape(text)
+    if len(out) <= limit:
+        return out
+    if limit <= 0:
+        return ""
+    if not middle or limit < len(MARKER) + 4:
+        return truncate(out, limit)
+    keep = limit - len(MARKER)
+    head = keep * 2 // 5
+    tail = len(out) - (keep - head)
+    return (
+        out[: _outside_entity(out, head, forward=False)]
+        + MARKER
+        + out[_outside_entity(out, tail, forward=True) :]
+    )
+
+
+def inline_code(text: str, limit: int) -> str:
+    """An escaped, clipped inline code span; never empty, never broken by a backtick."""
+    flat = " ".join(text.replace("`", "'").split()) or "—"
+    return "`" + clip(flat, limit - 2) + "`"
+
+
+def fit_blocks(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    """Final guard: cut anything over Block Kit's limits, then let slack_sdk validate."""
+    kept = list(blocks)
+    if len(kept) > MAX_BLOCKS:
+        kept = [*kept[: MAX_BLOCKS - 1], kept[-1]]  # the last block is the footer
+    for block in kept:
+        if isinstance(block, HeaderBlock) and block.text is not None:
+            block.text.text = truncate(block.text.text or "—", MAX_HEADER_TEXT)
+        elif isinstance(block, SectionBlock):
+            if block.text is not None:
+                block.text.text = truncate(block.text.text or "—", MAX_SECTION_TEXT)
+            block.fields = (block.fields or [])[:MAX_FIELDS]
+            for field in block.fields:
+                field.text = truncate(field.text or "—", MAX_FIELD_TEXT)
+        elif isinstance(block, ContextBlock):
+            block.elements = block.elements[:MAX_CONTEXT_ELEMENTS]
+            for element in block.elements:
+                if isinstance(element, MarkdownTextObject | PlainTextObject):
+                    element.text = truncate(element.text or "—", MAX_SECTION_TEXT)
+    return [block.to_dict() for block in kept]

@@ -10,11 +10,10 @@ org); the state filter and the limit only choose which jobs are listed, and the 
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -31,17 +30,18 @@ from bot.models import Job
 from bot.query import MAX_LIMIT, USAGE, JobsQuery
 from bot.render.common import (
     MAX_BLOCKS,
-    MAX_CONTEXT_ELEMENTS,
     MAX_FALLBACK_TEXT,
-    MAX_FIELD_TEXT,
-    MAX_FIELDS,
     MAX_HEADER_TEXT,
     MAX_SECTION_TEXT,
+    clip,
     date_token,
+    elapsed_ms,
     escape,
+    fit_blocks,
     fmt_count,
     fmt_duration_ms,
     fmt_rate,
+    inline_code,
     state_emoji,
     truncate,
 )
@@ -64,7 +64,6 @@ NUMBER_CHARS = 30
 MESSAGE_CHARS = 800
 SUMMARY_STATES = 10  # distinct states named in the summary; the rest are counted
 MAX_JOBS_SHOWN = min(MAX_LIMIT, MAX_BLOCKS - 5)  # header, summary, divider, footer, spare
-MARKER = "\n…\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,43 +72,6 @@ class RenderedMessage:
 
     text: str
     blocks: list[dict[str, Any]]
-
-
-def _outside_entity(escaped: str, i: int, *, forward: bool) -> int:
-    """Move cut point `i` out of an `&amp;`/`&lt;`/`&gt;` entity it falls inside."""
-    start = escaped.rfind("&", max(0, i - 4), i)
-    if start != -1 and escaped.find(";", start) >= i:
-        return escaped.find(";", start) + 1 if forward else start
-    return i
-
-
-def clip(text: str, limit: int, *, middle: bool = False) -> str:
-    """Escape `text` for mrkdwn and cut it to at most `limit` characters *after* escaping.
-
-    Cuts never split an entity; `middle=True` keeps the head and the tail (where error
-    messages put the cause) and marks the cut.
-    """
-    out = escape(text)
-    if len(out) <= limit:
-        return out
-    if limit <= 0:
-        return ""
-    if not middle or limit < len(MARKER) + 4:
-        return truncate(out, limit)
-    keep = limit - len(MARKER)
-    head = keep * 2 // 5
-    tail = len(out) - (keep - head)
-    return (
-        out[: _outside_entity(out, head, forward=False)]
-        + MARKER
-        + out[_outside_entity(out, tail, forward=True) :]
-    )
-
-
-def inline_code(text: str, limit: int) -> str:
-    """An escaped, clipped inline code span; never empty, never broken by a backtick."""
-    flat = " ".join(text.replace("`", "'").split()) or "—"
-    return "`" + clip(flat, limit - 2) + "`"
 
 
 def _mrkdwn(text: str) -> MarkdownTextObject:
@@ -122,29 +84,13 @@ def _plain(text: str, limit: int) -> PlainTextObject:
     return PlainTextObject(text=clip(" ".join(text.split()) or "—", limit), emoji=True)
 
 
-def _date(when: datetime) -> str:
-    with contextlib.suppress(OverflowError):  # a timestamp at the edge of datetime's range
-        when = when.astimezone(UTC)  # the token's fallback text says UTC
-    return date_token(when)
-
-
-def _ms(start: datetime, end: datetime) -> int:
-    return int((end - start).total_seconds() * 1000)
-
-
 def _duration(job: Job, cls: StateClass, now: datetime) -> str:
-    if job.duration_ms is not None:
-        took = fmt_duration_ms(job.duration_ms)
-    elif not cls.terminal:
-        start = job.started_at or job.created_at
-        took = fmt_duration_ms(_ms(start, now))
-        if job.started_at is None and took != "—":
-            return f"queued {took}"
-    elif job.finished_at is not None:
-        took = fmt_duration_ms(_ms(job.started_at or job.created_at, job.finished_at))
-    else:
-        took = "—"
-    return f"{took} so far" if not cls.terminal and took != "—" else took
+    took = fmt_duration_ms(elapsed_ms(job, now, terminal=cls.terminal))
+    if cls.terminal or took == "—":
+        return took
+    if job.duration_ms is None and job.started_at is None:
+        return f"queued {took}"
+    return f"{took} so far"
 
 
 def state_label(cls: StateClass, state: str) -> str:
@@ -163,12 +109,12 @@ def job_text(job: Job, cls: StateClass, now: datetime) -> str:
         figures.append(clip(fmt_rate(job.rows_per_sec), NUMBER_CHARS))
     figures.append(clip(_duration(job, cls, now), NUMBER_CHARS))
     times = (
-        [f"started {_date(job.started_at)}"]
+        [f"started {date_token(job.started_at)}"]
         if job.started_at is not None
-        else [f"created {_date(job.created_at)}"]
+        else [f"created {date_token(job.created_at)}"]
     )
     if job.finished_at is not None:
-        times.append(f"finished {_date(job.finished_at)}")
+        times.append(f"finished {date_token(job.finished_at)}")
     times.append(f"sync {inline_code(job.sync_id, ID_CHARS)}" if job.sync_id else "manual run")
     times.append(f"job {inline_code(job.id, ID_CHARS)}")
     lines = [
@@ -283,28 +229,6 @@ def render_error(message: str) -> RenderedMessage:
     """A one-sentence error. `message` is escaped here: callers pass plain text (backticks ok)."""
     text = clip(message, MAX_SECTION_TEXT - 20)
     return _message(text, [SectionBlock(text=_mrkdwn(f":warning: {text}"))])
-
-
-def fit_blocks(blocks: Sequence[Block]) -> list[dict[str, Any]]:
-    """Final guard: cut anything over Block Kit's limits, then let slack_sdk validate."""
-    kept = list(blocks)
-    if len(kept) > MAX_BLOCKS:
-        kept = [*kept[: MAX_BLOCKS - 1], kept[-1]]  # the last block is the footer
-    for block in kept:
-        if isinstance(block, HeaderBlock) and block.text is not None:
-            block.text.text = truncate(block.text.text or "—", MAX_HEADER_TEXT)
-        elif isinstance(block, SectionBlock):
-            if block.text is not None:
-                block.text.text = truncate(block.text.text or "—", MAX_SECTION_TEXT)
-            block.fields = (block.fields or [])[:MAX_FIELDS]
-            for field in block.fields:
-                field.text = truncate(field.text or "—", MAX_FIELD_TEXT)
-        elif isinstance(block, ContextBlock):
-            block.elements = block.elements[:MAX_CONTEXT_ELEMENTS]
-            for element in block.elements:
-                if isinstance(element, MarkdownTextObject | PlainTextObject):
-                    element.text = truncate(element.text or "—", MAX_SECTION_TEXT)
-    return [block.to_dict() for block in kept]
 
 
 def _message(text: str, blocks: Sequence[Block]) -> RenderedMessage:
