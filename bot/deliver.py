@@ -211,6 +211,13 @@ class ChannelDelivery:
                     due = self._replies_due(it) if single else 0
                     marks[(it.event_id, ch)] = self._sent(now, ts, due)
                     result.already_sent += 1
+                    log.info(
+                        "alert already in %s (ts=%s) after an interrupted attempt: "
+                        "not posting event=%s again",
+                        ch,
+                        ts,
+                        it.event_id,
+                    )
                 else:
                     to_post.append(it)
             records.update(marks)
@@ -253,6 +260,17 @@ class ChannelDelivery:
         self._metrics.messages.labels(outcome="sent").inc()
         result.sent += 1
         result.digests += len(items) > 1
+        digest = f" digest_of={len(items)}" if len(items) > 1 else ""
+        for it in items:  # one line per event, whether it went alone or in a digest
+            log.info(
+                "alert sent event=%s kind=%s connector=%r channel=%s ts=%s%s",
+                it.event_id,
+                it.event.kind.value,
+                it.event.job.connector_id,
+                ch,
+                ts,
+                digest,
+            )
         return None
 
     async def _reply(

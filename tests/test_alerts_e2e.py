@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from bot.config import load_settings
 from bot.runtime import running
@@ -19,8 +21,13 @@ def _now() -> str:
 
 
 async def test_queued_running_failed_posts_exactly_once(
-    bot_env: dict[str, str], redis_url: str, fake_timbal: FakeTimbal, fake_slack: FakeSlack
+    bot_env: dict[str, str],
+    redis_url: str,
+    fake_timbal: FakeTimbal,
+    fake_slack: FakeSlack,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     settings = load_settings(
         port=0, host="127.0.0.1", redis_url=redis_url, poll_interval_seconds=1.0
     )
@@ -62,6 +69,10 @@ async def test_queued_running_failed_posts_exactly_once(
     assert 'tjb_polls_total{outcome="ok"}' in metrics
     assert 'tjb_messages_total{outcome="sent"} 1.0' in metrics
     assert ready.status_code == 200, ready.text
+    sent = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert sent")]
+    assert len(sent) == 1
+    assert "kind=failed" in sent[0]
+    assert f"channel={CHANNEL}" in sent[0]
 
 
 async def test_readyz_reports_unreachable_redis(

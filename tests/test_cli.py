@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
+import sys
+
+import httpx
+
 from tests.conftest import free_port
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.proc import clean_env, run_cli
@@ -89,3 +96,40 @@ async def test_poll_once_dry_run_then_commit(
     assert "committed: 1 enqueued" in real.stdout
     again = await run_cli("poll", "--once", env=env)
     assert "events=0" in again.stdout
+
+
+async def test_run_serves_and_stops_cleanly_on_sigterm(
+    bot_env: dict[str, str], redis_url: str, fake_timbal: FakeTimbal
+) -> None:
+    env = _env(bot_env, redis_url, PORT="0", HOST="127.0.0.1", LOG_LEVEL="INFO")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not (up := [line for line in lines if "timbal-jobs-bot up:" in line]):
+                lines.append((await proc.stderr.readline()).decode())
+        port = int(re.search(r"port=(\d+)", up[0]).group(1))  # type: ignore[union-attr]
+        async with httpx.AsyncClient() as http:
+            health = await http.get(f"http://127.0.0.1:{port}/healthz")
+        assert health.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest = (await proc.stderr.read()).decode()
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert "timbal-jobs-bot stopped" in rest
+    assert "Traceback" not in "".join(lines) + rest
