@@ -25,6 +25,7 @@ from bot.render.listing import (
 from bot.sim.slack_api import block_errors
 from bot.states import StateClass, StateClassifier
 from tests.fakes import make_job
+from tests.strategies import any_stamps, hostile_jobs, nasty_text
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CLASSIFIER = StateClassifier()
@@ -366,34 +367,8 @@ def test_fit_blocks_cuts_what_construction_got_wrong() -> None:
 
 # --- hostile listings: always within Block Kit's limits --------------------------------
 
-NASTY = ["<!channel>", "<https://evil|click>", "&", "`", "```", "\x00", "\u202e", "é", "😀", "\n"]
-nasty_text = st.one_of(
-    st.text(max_size=40),
-    st.sampled_from(NASTY),
-    st.builds(lambda s, n: s * n, st.sampled_from([*NASTY, "x"]), st.integers(1, 10_000)),
-)
-offsets = st.builds(
-    timezone, st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))
-)
-stamps = st.datetimes(timezones=offsets)
-hostile_jobs = st.builds(
-    Job,
-    id=nasty_text,
-    connector_id=nasty_text,
-    kb_uid=nasty_text,
-    dest_table=nasty_text,
-    mode=nasty_text,
-    state=st.one_of(st.sampled_from(["failed", "running", "succeeded", "queued"]), nasty_text),
-    rows_emitted=st.integers(),
-    created_at=stamps,
-    updated_at=stamps,
-    duration_ms=st.none() | st.integers(),
-    finished_at=st.none() | stamps,
-    message=st.none() | nasty_text,
-    rows_per_sec=st.none() | st.floats(),
-    started_at=st.none() | stamps,
-    sync_id=st.none() | nasty_text,
-)
+hostile_job = hostile_jobs(any_stamps)
+stamps = any_stamps
 hostile_queries = st.builds(
     JobsQuery,
     connector_id=st.none() | nasty_text,
@@ -403,7 +378,7 @@ hostile_queries = st.builds(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(hostile_jobs, max_size=40), hostile_queries, stamps, nasty_text)
+@given(st.lists(hostile_job, max_size=40), hostile_queries, stamps, nasty_text)
 def test_hostile_listings_stay_within_block_kit(
     jobs: list[Job], query: JobsQuery, now: datetime, org_id: str
 ) -> None:
