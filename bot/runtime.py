@@ -31,6 +31,7 @@ from bot.metrics import Metrics
 from bot.notify import Notifier
 from bot.poller import Poller
 from bot.routing import route
+from bot.serve import serve
 from bot.services import Services, classifier_from
 from bot.timbal import TimbalClient
 from handlers import register_handlers
@@ -224,13 +225,7 @@ class Runtime:
         web_app.router.add_get("/healthz", self._healthz)
         web_app.router.add_get("/readyz", self._readyz)
         web_app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(web_app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host=self.settings.host, port=self.settings.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve(web_app, self.settings.host, self.settings.port)
 
     async def wait(self) -> None:
         """Until `stop_event` is set (a signal, or a worker that died)."""

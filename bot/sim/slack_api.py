@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.serve import serve
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 
 MAX_BLOCKS = 50
@@ -133,13 +134,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{rid}", self._response_url)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self._port = await serve(app, host, port)
         self._changed = asyncio.Condition()
         return self
 

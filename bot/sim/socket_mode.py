@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
+from bot.serve import serve
 from bot.sim.slash import slash_command_body
 
 DEFAULT_APP_TOKEN = "xapp-1-A0APP-1-test-app-token"  # noqa: S105 - a fake's fixed credential
@@ -68,13 +69,7 @@ class FakeSocketMode:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeSocketMode:
         app = web.Application()
         app.router.add_get("/link/", self._websocket)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self._port = await serve(app, host, port)
         self._changed = asyncio.Condition()
         return self
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.serve import serve
+
 
 @dataclass
 class Injected:
@@ -41,13 +43,7 @@ class FakeTimbal:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeTimbal:
         app = web.Application()
         app.router.add_get("/orgs/{org_id}/connectors/jobs", self._list)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self._port = await serve(app, host, port)
         return self
 
     async def stop(self) -> None:
