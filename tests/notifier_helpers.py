@@ -120,3 +120,7 @@ def routes(table: dict[str, list[str]]) -> Callable[[JobEvent], list[str]]:
 async def dead_letters(r: aioredis.Redis) -> list[dict[str, str]]:
     rows: Any = await r.xrange(KEYS.dead_letter)
     return [dict(fields) for _, fields in rows]
+
+
+async def outbox_empty(r: aioredis.Redis) -> bool:
+    return int(await r.xlen(KEYS.outbox)) == 0

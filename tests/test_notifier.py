@@ -31,13 +31,10 @@ from tests.notifier_helpers import (
     enqueue,
     job_event,
     make_notifier,
+    outbox_empty,
     running,
 )
 from tests.waiting import wait_until
-
-
-async def outbox_empty(r: aioredis.Redis) -> bool:
-    return int(await r.xlen(KEYS.outbox)) == 0
 
 
 async def record(r: aioredis.Redis, event_id: str, channel: str = CH) -> DeliveryRecord:

@@ -18,7 +18,6 @@ from bot.sim.slack_api import block_errors
 from tests.fakes import FakeSlack
 from tests.notifier_helpers import (
     CH,
-    KEYS,
     T0,
     counter,
     dead_letters,
@@ -27,14 +26,11 @@ from tests.notifier_helpers import (
     event_ids,
     job_event,
     make_notifier,
+    outbox_empty,
     routes,
     running,
 )
 from tests.waiting import wait_until
-
-
-async def outbox_empty(r: aioredis.Redis) -> bool:
-    return int(await r.xlen(KEYS.outbox)) == 0
 
 
 async def test_slack_down_then_back_delivers_everything_once_in_order(
