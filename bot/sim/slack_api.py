@@ -25,6 +25,8 @@ from aiohttp import web
 from bot.serve import serve
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 
+# Slack's documented limits, written here again on purpose: the fake is the oracle the
+# renderers are tested against, so it must not share their constants (a wrong one would pass).
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
 MAX_FIELDS = 10
