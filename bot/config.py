@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url
 
 DEFAULT_FAILURE_STATES = frozenset(
     {
@@ -119,9 +120,14 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        value = value.strip()
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
-        return value.strip()
+        try:  # redis-py's own parser, so a bad port or option fails here, by name
+            parse_url(value)
+        except ValueError as exc:  # its messages name the part, never the password
+            raise ValueError(f"is not a usable Redis URL ({exc})") from None
+        return value
 
     @model_validator(mode="after")
     def _check_mode(self) -> Settings:

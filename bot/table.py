@@ -39,9 +39,9 @@ def format_jobs_table(
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(COLUMNS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    errors = [j for j in shown if j.message and classifier.classify(j).value == "failed"]
-    for job in errors:
-        first = (job.message or "").strip().splitlines()[0] if job.message else ""
-        lines.append(f"  {_cell(job.id)}: {_cell(first)}")
+    for job in shown:
+        message = (job.message or "").strip()  # a blank message has no first line to show
+        if message and classifier.classify(job).value == "failed":
+            lines.append(f"  {_cell(job.id)}: {_cell(message.splitlines()[0])}")
     lines.append(f"showing {len(shown)} of {len(jobs)}")
     return "\n".join(lines)

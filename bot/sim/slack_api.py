@@ -63,6 +63,11 @@ class Failure:
     times: int = 1
 
 
+def _flag(value: Any) -> bool:
+    """A boolean argument as Slack reads it (slack_sdk sends True as "1")."""
+    return value is True or str(value).lower() in ("1", "true")
+
+
 def block_errors(blocks: Any) -> list[str]:
     """What Slack would reject in these blocks (empty when they are valid enough)."""
     if not isinstance(blocks, list):
@@ -314,13 +319,18 @@ class FakeSlack:
         channel = body.get("channel")
         oldest = float(body.get("oldest") or 0)
         limit = int(body.get("limit") or 100)
+        # As Slack documents them: metadata only with include_all_metadata, and `oldest`
+        # itself excluded unless inclusive (both default to false).
+        with_metadata = _flag(body.get("include_all_metadata"))
+        inclusive = _flag(body.get("inclusive"))
         found = [
-            {"type": "message", "ts": m["ts"], "text": m["text"], "metadata": m["metadata"]}
+            {"type": "message", "ts": m["ts"], "text": m["text"]}
+            | ({"metadata": m["metadata"]} if with_metadata and m["metadata"] else {})
             for m in reversed(self.messages)
             if m["channel"] == channel
             and m["method"] == "chat.postMessage"
             and not m["thread_ts"]
-            and float(m["ts"]) >= oldest
+            and (float(m["ts"]) >= oldest if inclusive else float(m["ts"]) > oldest)
         ][:limit]
         return web.json_response({"ok": True, "messages": found, "has_more": False})
 
