@@ -11,7 +11,7 @@ help:
 	@echo "make test   - run the whole test suite (starts its own redis-server)"
 	@echo "make check  - ruff (lint + format check) and mypy --strict"
 	@echo "make bench  - print benchmark figures"
-	@echo "make run    - run the bot with the settings in the environment (.env)"
+	@echo "make run    - run the bot with the settings in the environment (export .env first: set -a; . ./.env; set +a)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
