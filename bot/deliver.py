@@ -213,7 +213,7 @@ class ChannelDelivery:
                     result.already_sent += 1
                     log.info(
                         "alert already in %s (ts=%s) after an interrupted attempt: "
-                        "not posting event=%s again",
+                        "not posting event=%r again",
                         ch,
                         ts,
                         it.event_id,
@@ -263,7 +263,7 @@ class ChannelDelivery:
         digest = f" digest_of={len(items)}" if len(items) > 1 else ""
         for it in items:  # one line per event, whether it went alone or in a digest
             log.info(
-                "alert sent event=%s kind=%s connector=%r channel=%s ts=%s%s",
+                "alert sent event=%r kind=%s connector=%r channel=%s ts=%s%s",
                 it.event_id,
                 it.event.kind.value,
                 it.event.job.connector_id,
@@ -296,7 +296,7 @@ class ChannelDelivery:
                 return False
             else:
                 log.warning(
-                    "thread reply %d/%d for %s in %s failed (%s); the rest of the error text "
+                    "thread reply %d/%d for %r in %s failed (%s); the rest of the error text "
                     "is not threaded",
                     record.replies + 1,
                     len(chunks),

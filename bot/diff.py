@@ -10,7 +10,9 @@ Transitions (`DESIGN.md`, "Job semantics"):
 - active -> terminal: alert, kind by class (failed / succeeded / cancelled / finished);
 - terminal -> active (a re-run): no terminal alert; the next terminal state alerts again,
   its new `finished_at` gives it a new event id;
-- terminal -> terminal with another `finished_at` (re-run between two polls): alert;
+- terminal -> terminal with another `finished_at` (re-run between two polls): alert; but
+  a `finished_at` that appears on a terminal job that had none, with the same `started_at`,
+  is the API filling in the same run's finish time after its state: nothing;
 - terminal -> terminal, same `finished_at`, another class (an API correction such as
   "done" -> "failed"): alert the new kind (its event id differs by kind, so it is not a
   duplicate of the first alert); same class (e.g. "error" -> "failed"): nothing;
@@ -135,7 +137,11 @@ def _transition(
     if current.state_class.terminal:
         if prev is None or not prev.state_class.terminal:
             return TERMINAL_KIND[current.state_class]
-        if prev.finished_at != current.finished_at or prev.state_class != current.state_class:
+        if prev.state_class != current.state_class:
+            return TERMINAL_KIND[current.state_class]
+        if prev.finished_at is None and prev.started_at == current.started_at:
+            return None  # the same run's finish time, filled in after its state: alerted
+        if prev.finished_at != current.finished_at:
             return TERMINAL_KIND[current.state_class]
         return None
     if (

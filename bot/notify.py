@@ -241,7 +241,7 @@ class Notifier:
             try:
                 channels = distinct_channels(self._router(event))
             except Exception:
-                log.exception("routing %s failed; left pending", event_id)
+                log.exception("routing %r failed; left pending", event_id)
                 result.deferred += 1
                 continue
             if not channels:
@@ -272,7 +272,7 @@ class Notifier:
             try:
                 channels = distinct_channels(self._router(event))
             except Exception:  # its holder logs it; it is not posted before ours either
-                log.debug("routing %s failed", event_id, exc_info=True)
+                log.debug("routing %r failed", event_id, exc_info=True)
                 continue
             candidates += [(entry.id, (event_id, ch)) for ch in channels]
         records = await self._store.records(pair for _, pair in candidates)

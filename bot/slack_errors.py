@@ -1,6 +1,7 @@
 """What a failed Slack call means for a delivery: a pure decision with a named reason.
 
-- `RATE_LIMITED`: HTTP 429 (or `ratelimited`): pause that channel for `Retry-After`.
+- `RATE_LIMITED`: HTTP 429, `ratelimited`, or chat.postMessage's own `rate_limited` ("posted
+  too many messages", which may come with HTTP 200): pause that channel for `Retry-After`.
 - `RETRY`: 5xx, Slack's transient errors, timeouts, connection errors: back off and retry;
   the post may or may not have happened, so the in-flight record stays.
 - `INVALID`: `invalid_blocks` / `msg_too_long`: the content was refused; retry once as text.
@@ -34,8 +35,16 @@ class Scope(StrEnum):
 
 
 TRANSIENT_ERRORS = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "timeout"}
+    {
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "timeout",
+        "team_added_to_org",  # an Enterprise migration: "intermittently unavailable"
+    }
 )
+RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
 INVALID_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_too_long"})
 CHANNEL_ERRORS = frozenset(
     {
@@ -102,7 +111,7 @@ def classify(exc: BaseException) -> SlackFailure | None:
         data = getattr(response, "data", None)
         error = data.get("error") if isinstance(data, dict) else None
         reason = str(error) if error else f"http_{status}"
-        if status == 429 or reason == "ratelimited":
+        if status == 429 or reason in RATE_LIMIT_ERRORS:
             return SlackFailure(
                 Verdict.RATE_LIMITED, reason, retry_after(getattr(response, "headers", None))
             )
