@@ -27,7 +27,7 @@ EXPOSE 3000
 
 # The slim image has no curl: ask /healthz with the interpreter we already ship.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '3000') + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + (os.environ.get('PORT') or '3000') + '/healthz', timeout=4)"]
 
 ENTRYPOINT ["timbal-jobs-bot"]
 CMD ["run"]

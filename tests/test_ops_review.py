@@ -4,10 +4,14 @@ fidelity."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import SettingsError, load_settings
@@ -15,6 +19,7 @@ from bot.models import Job
 from bot.services import classifier_from
 from bot.table import format_jobs_table
 from tests.fakes import FakeSlack
+from tests.test_deploy_files import compose_bot_check, dockerfile_check
 
 BASE = {
     "timbal_api_key": "tbl-secret-key-123",
@@ -98,3 +103,28 @@ async def test_fake_history_excludes_oldest_unless_inclusive(fake_slack: FakeSla
     assert (await client.conversations_history(channel="C1", oldest=ts))["messages"] == []
     inclusive = await client.conversations_history(channel="C1", oldest=ts, inclusive=True)
     assert [m["ts"] for m in inclusive["messages"]] == [ts]
+
+
+@pytest.mark.parametrize("source", ["compose", "dockerfile"])
+def test_health_check_with_a_blank_port_asks_the_port_the_bot_listens_on(
+    source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `PORT=` in .env counts as unset for the bot (it listens on 3000), and env_file passes
+    # it on as an empty string, which the health check must read the same way.
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    argv = compose_bot_check(compose) if source == "compose" else dockerfile_check()
+    check = argv[argv.index("-c") + 1]
+    spy = "import urllib.request as u\nu.urlopen = lambda url, timeout=None: print(url)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", spy + check],
+        env={"PORT": "", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("PORT", "")
+    port = load_settings(**BASE).port  # what the bot listens on with the same environment
+    assert result.stdout.strip() == f"http://127.0.0.1:{port}/healthz"
