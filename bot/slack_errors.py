@@ -2,7 +2,8 @@
 
 - `RATE_LIMITED`: HTTP 429, `ratelimited`, or chat.postMessage's own `rate_limited` ("posted
   too many messages", which may come with HTTP 200): pause that channel for `Retry-After`.
-- `RETRY`: 5xx, Slack's transient errors, timeouts, connection errors: back off and retry;
+- `RETRY`: 5xx, Slack's transient errors, an answer without Slack's error code that is not a
+  4xx (a body slack_sdk could not parse), timeouts, connection errors: back off and retry;
   the post may or may not have happened, so the in-flight record stays.
 - `INVALID`: `invalid_blocks` / `msg_too_long`: the content was refused; retry once as text.
 - `PERMANENT`: anything else Slack answered (`channel_not_found`, `invalid_auth`, ...):
@@ -107,7 +108,8 @@ def classify(exc: BaseException) -> SlackFailure | None:
     """The verdict for an exception from a Slack call; None when it is not a Slack failure."""
     if isinstance(exc, SlackApiError):
         response = exc.response
-        status = int(getattr(response, "status_code", 0) or 0)
+        # A body slack_sdk could not parse comes with aiohttp's response (`status`, no data).
+        status = int(getattr(response, "status_code", 0) or getattr(response, "status", 0) or 0)
         data = getattr(response, "data", None)
         error = data.get("error") if isinstance(data, dict) else None
         reason = str(error) if error else f"http_{status}"
@@ -116,6 +118,8 @@ def classify(exc: BaseException) -> SlackFailure | None:
                 Verdict.RATE_LIMITED, reason, retry_after(getattr(response, "headers", None))
             )
         if status >= 500 or reason in TRANSIENT_ERRORS:
+            return SlackFailure(Verdict.RETRY, reason)
+        if not error and not 400 <= status < 500:  # not Slack's verdict (a garbled body)
             return SlackFailure(Verdict.RETRY, reason)
         if reason in INVALID_ERRORS:
             return SlackFailure(Verdict.INVALID, reason)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -17,6 +18,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot.diff import JobSnapshot, diff
 from bot.metrics import Metrics
 from bot.models import Job
+from bot.serve import serve
 from bot.slack_errors import DEFAULT_RETRY_AFTER, SlackFailure, Verdict, classify
 from bot.states import StateClassifier
 from tests.fakes import FakeSlack, make_job
@@ -145,3 +147,26 @@ async def test_job_ids_with_newlines_stay_on_one_log_line(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("bot.notify")]
     assert any(line.startswith("alert sent") for line in lines)
     assert all("\n" not in line for line in lines), lines
+
+
+# --- an answer that is not Slack's JSON gives no verdict: retry, never dead-letter ----------
+
+
+@pytest.mark.parametrize("status", [200, 502])
+async def test_an_unparsable_json_answer_is_retried(status: int) -> None:
+    async def garbled(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=b"{not json", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/{method}", garbled)
+    runner, port = await serve(app, "127.0.0.1", 0)
+    try:
+        client = AsyncWebClient(token="xoxb-x", base_url=f"http://127.0.0.1:{port}/api/")
+        client.retry_handlers = []
+        with pytest.raises(SlackApiError) as caught:
+            await client.chat_postMessage(channel="C1", text="hi")
+    finally:
+        await runner.cleanup()
+    failure = classify(caught.value)
+    assert failure is not None
+    assert failure.verdict is Verdict.RETRY, failure
