@@ -10,6 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings, SlackMode
+from bot.slack_errors import error_code
 from bot.timbal import TimbalClient, TimbalError
 
 MIN_REDIS = (6, 2)  # XAUTOCLAIM and GETDEL arrived in 6.2
@@ -61,7 +62,7 @@ async def check_slack(slack: AsyncWebClient) -> CheckResult:
     try:
         auth = await slack.auth_test()
     except SlackApiError as exc:
-        return CheckResult("slack", False, f"auth.test failed: {exc.response.get('error')}")
+        return CheckResult("slack", False, f"auth.test failed: {error_code(exc)}")
     except Exception as exc:
         return CheckResult("slack", False, f"unreachable ({type(exc).__name__})")
     return CheckResult(
@@ -77,7 +78,7 @@ async def check_socket_mode(slack: AsyncWebClient, app_token: str) -> CheckResul
     try:
         await slack.apps_connections_open(app_token=app_token)
     except SlackApiError as exc:
-        error = exc.response.get("error")
+        error = error_code(exc)
         return CheckResult("slack socket mode", False, f"apps.connections.open failed: {error}")
     except Exception as exc:
         return CheckResult("slack socket mode", False, f"unreachable ({type(exc).__name__})")

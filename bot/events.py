@@ -6,7 +6,7 @@ again alerts again, and nothing else alerts twice.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -48,5 +48,6 @@ class JobEvent(BaseModel):
             if self.kind is EventKind.STARTED
             else self.job.finished_at
         )
-        stamp = anchor.isoformat() if anchor is not None else "-"
+        # UTC, so the same instant sent with another offset is the same event.
+        stamp = anchor.astimezone(UTC).isoformat() if anchor is not None else "-"
         return f"{self.org_id}:{self.job.id}:{self.kind.value}:{stamp}"

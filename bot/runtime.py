@@ -23,6 +23,10 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -33,6 +37,7 @@ from bot.poller import Poller
 from bot.routing import route
 from bot.serve import serve
 from bot.services import Services, classifier_from
+from bot.slack_errors import error_code
 from bot.timbal import TimbalClient
 from handlers import register_handlers
 from storage.connection import open_redis
@@ -45,6 +50,17 @@ SLACK_EVENTS_PATH = "/slack/events"
 FATAL_SOCKET_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "not_allowed_token_type", "account_inactive", "token_revoked"}
 )
+
+
+class _DropBoltTokenNotice(logging.Filter):
+    """Bolt warns that `token` is unused when SLACK_BOT_TOKEN is in the environment and a
+    client is passed; passing our client (with SLACK_API_URL) is deliberate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+BOLT_TOKEN_NOTICE = _DropBoltTokenNotice()
 
 
 class StartupError(Exception):
@@ -109,6 +125,7 @@ class Runtime:
     def _build_app(self) -> AsyncApp:
         http = self.settings.effective_slack_mode is SlackMode.HTTP
         secret = self.settings.slack_signing_secret
+        logging.getLogger("slack_bolt.AsyncApp").addFilter(BOLT_TOKEN_NOTICE)
         app = AsyncApp(
             client=self.slack,
             signing_secret=secret.get_secret_value() if secret is not None else "",
@@ -167,6 +184,8 @@ class Runtime:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Serve HTTP, connect Socket Mode when configured, start the workers."""
+        if self.app is not None:
+            await self._warm_authorization(self.app)
         await self._start_http()
         # Workers first: alerts must flow even while Slack's socket is still connecting.
         if self.poller is not None:
@@ -185,6 +204,30 @@ class Runtime:
             self.replica,
         )
 
+    async def _warm_authorization(self, app: AsyncApp) -> None:
+        """Call auth.test now rather than on the first slash command.
+
+        Bolt's single-workspace authorization runs before any listener middleware and calls
+        auth.test on the first request, so without this the first `/jobs` after a start waits
+        for a Slack round trip before it is acked. A refused bot token stops start-up here.
+        """
+        try:
+            auth = await self.slack.auth_test()
+        except SlackApiError as exc:
+            error = error_code(exc)
+            if error in FATAL_SOCKET_ERRORS:
+                raise StartupError(f"Slack refused SLACK_BOT_TOKEN (auth.test: {error})") from None
+            log.warning("auth.test failed (%s); the first slash command will retry it", error)
+            return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("Slack is not reachable (%s); auth.test deferred", type(exc).__name__)
+            return
+        # Bolt keeps the result on its authorization middleware; fill it in if Bolt's
+        # internals are as we know them, and otherwise leave it to the first request.
+        for middleware in getattr(app, "_async_middleware_list", []):
+            if isinstance(middleware, AsyncSingleTeamAuthorization):
+                middleware.auth_test_result = auth
+
     async def _connect_socket(self, app: AsyncApp) -> None:
         token = self.settings.slack_app_token
         assert token is not None  # Settings guarantees it in socket mode
@@ -195,7 +238,7 @@ class Runtime:
         try:
             client.wss_uri = await client.issue_new_wss_url()
         except SlackApiError as exc:
-            error = exc.response.get("error") if exc.response is not None else None
+            error = error_code(exc)
             if error in FATAL_SOCKET_ERRORS:
                 raise StartupError(
                     f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {error}); "

@@ -104,15 +104,28 @@ def retry_after(headers: Any) -> float:
     return min(max(seconds, 0.0), 3600.0) or DEFAULT_RETRY_AFTER
 
 
+def _status_and_error(exc: SlackApiError) -> tuple[int, str | None]:
+    response = exc.response
+    # A body slack_sdk could not parse comes with aiohttp's response (`status`, no data).
+    status = int(getattr(response, "status_code", 0) or getattr(response, "status", 0) or 0)
+    data = getattr(response, "data", None)
+    error = data.get("error") if isinstance(data, dict) else None
+    return status, str(error) if error else None
+
+
+def error_code(exc: SlackApiError) -> str:
+    """Slack's error code (`invalid_auth`, …), or `http_<status>` when the answer was not
+    Slack's JSON (a 503 page from a proxy, say)."""
+    status, error = _status_and_error(exc)
+    return error or f"http_{status}"
+
+
 def classify(exc: BaseException) -> SlackFailure | None:
     """The verdict for an exception from a Slack call; None when it is not a Slack failure."""
     if isinstance(exc, SlackApiError):
         response = exc.response
-        # A body slack_sdk could not parse comes with aiohttp's response (`status`, no data).
-        status = int(getattr(response, "status_code", 0) or getattr(response, "status", 0) or 0)
-        data = getattr(response, "data", None)
-        error = data.get("error") if isinstance(data, dict) else None
-        reason = str(error) if error else f"http_{status}"
+        status, error = _status_and_error(exc)
+        reason = error or f"http_{status}"
         if status == 429 or reason in RATE_LIMIT_ERRORS:
             return SlackFailure(
                 Verdict.RATE_LIMITED, reason, retry_after(getattr(response, "headers", None))

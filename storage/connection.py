@@ -24,6 +24,12 @@ def open_redis(url: str | None) -> aioredis.Redis:
         )
         client: aioredis.Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         return client
+    # socket_timeout: a connection that dies silently must fail the call, not hang a worker;
+    # it is well above the notifier's 1 s blocking read.
     return aioredis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        socket_timeout=15,
     )

@@ -40,6 +40,14 @@ GROUP = "notifier"
 DEAD_LETTER_MAXLEN = 10_000
 CLAIM_ATTEMPTS = 5
 IN_FLIGHT_RETENTION_FACTOR = 10
+# Extend a pause, never shorten it. A script because `PEXPIRE ... GT` needs Redis 7.0 and the
+# bot supports 6.2.
+PAUSE_LUA = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+"""
 
 Pair = tuple[str, str]  # (event id, channel)
 
@@ -157,6 +165,7 @@ class DeliveryStore:
         # Serialises this process's writes to the records hash, so the WATCH in `claim()`
         # only ever conflicts with other replicas, not with our own concurrent channels.
         self._records_lock = asyncio.Lock()
+        self._pause = redis.register_script(PAUSE_LUA)
 
     # --- the stream ------------------------------------------------------------------------
     async def ensure_group(self) -> None:
@@ -388,11 +397,7 @@ class DeliveryStore:
     async def pause(self, channel: str, seconds: float) -> None:
         """The channel waits `seconds` (never shortening a longer pause already set)."""
         ms = max(math.ceil(seconds * 1000), 1)
-        key = self._keys.channel_pause(channel)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, "1", px=ms, nx=True)
-            pipe.pexpire(key, ms, gt=True)
-            await pipe.execute()
+        await self._pause(keys=[self._keys.channel_pause(channel)], args=[ms])
 
     async def pause_left(self, channel: str) -> float:
         """Seconds the channel still waits (0 when it may post)."""
