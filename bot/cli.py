@@ -156,6 +156,8 @@ async def _jobs(settings: Settings, connector: str | None, state: str | None, li
 
 
 async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
+    from redis.exceptions import RedisError
+
     from bot.diff import diff
     from bot.services import classifier_from
     from bot.timbal import TimbalClient, TimbalError
@@ -195,6 +197,9 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
             )
     except TimbalError as exc:
         print(f"timbal-jobs-bot: {exc.reason}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"timbal-jobs-bot: Redis failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         await timbal.aclose()

@@ -6,6 +6,8 @@ A missing or malformed variable stops start-up with a message that names it
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -40,6 +42,9 @@ DEFAULT_SUCCESS_STATES = frozenset(
 )
 
 StateSet = Annotated[frozenset[str], NoDecode]
+HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 class SlackMode(StrEnum):
@@ -114,6 +119,17 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        host = value.strip()
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not HOSTNAME.fullmatch(host):
+                raise ValueError("must be an IP address or a host name to listen on") from None
+        return host
 
     @field_validator("redis_url")
     @classmethod

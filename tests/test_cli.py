@@ -133,3 +133,14 @@ async def test_run_serves_and_stops_cleanly_on_sigterm(
     assert code == 0
     assert "timbal-jobs-bot stopped" in rest
     assert "Traceback" not in "".join(lines) + rest
+
+
+async def test_poll_once_with_redis_down_says_so(
+    bot_env: dict[str, str], fake_timbal: FakeTimbal
+) -> None:
+    env = _env(bot_env, "redis://:s3cret-pass@127.0.0.1:" + str(free_port()) + "/0")
+    done = await run_cli("poll", "--once", env=env)
+    assert done.code == 1
+    assert "Redis failed: ConnectionError" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "s3cret-pass" not in done.stderr + done.stdout

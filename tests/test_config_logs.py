@@ -47,6 +47,8 @@ def test_defaults_and_mode() -> None:
         ({"REDIS_URL": "http://redis"}, "REDIS_URL"),
         ({"SLACK_MODE": "carrier-pigeon"}, "SLACK_MODE"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"HOST": "0.0.0.0:80"}, "HOST"),
+        ({"HOST": "not a host"}, "HOST"),
         ({"TIMBAL_ORG_ID": "org/../x"}, "TIMBAL_ORG_ID"),
         ({"SLACK_MODE": "socket"}, "SLACK_APP_TOKEN"),
         ({"FAILURE_STATES": "failed,done"}, "more than one class"),
@@ -117,3 +119,8 @@ def test_blank_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.slack_app_token is None
     assert s.effective_slack_mode is SlackMode.HTTP
     assert s.redis_url is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "bot.internal"])  # noqa: S104
+def test_hosts_to_listen_on(host: str) -> None:
+    assert load_settings(**BASE, host=host).host == host
