@@ -16,7 +16,7 @@ from itertools import takewhile
 
 from bot.events import EventKind, JobEvent
 from bot.metrics import Metrics
-from bot.render.alerts import render_alert, render_digest
+from bot.render.alerts import render_alert, render_digest, render_minimal
 from bot.slack_errors import Scope, SlackFailure, Verdict, classify
 from bot.slack_post import AlertPoster, alert_metadata
 from storage.delivery import (
@@ -235,10 +235,18 @@ class ChannelDelivery:
         records: dict[Pair, DeliveryRecord],
         result: NotifyResult,
     ) -> SlackFailure | None:
-        if len(items) == 1:
-            message = render_alert(items[0].event, now=now)
-        else:
-            message = render_digest([it.event for it in items], now=now)
+        try:
+            if len(items) == 1:
+                message = render_alert(items[0].event, now=now)
+            else:
+                message = render_digest([it.event for it in items], now=now)
+        except Exception:  # a rendering bug must not hold the channel's queue forever
+            log.exception(
+                "rendering %d alert(s) for %s failed; posting them as minimal text",
+                len(items),
+                ch,
+            )
+            message = render_minimal([it.event for it in items])
         metadata = alert_metadata([it.event_id for it in items])
         pairs = [(it.event_id, ch) for it in items]
         posted = await self._poster.post(ch, message, metadata)

@@ -65,7 +65,8 @@ class AlertPoster:
 
     async def post(self, ch: str, message: AlertMessage, metadata: dict[str, Any]) -> PostResult:
         """Post with blocks; once more as plain text if Slack refuses the blocks or length."""
-        failure = await self._post(ch, metadata, text=message.text, blocks=message.blocks)
+        blocks = message.blocks or None  # Slack refuses an empty `blocks` array
+        failure = await self._post(ch, metadata, text=message.text, blocks=blocks)
         if isinstance(failure, str):
             return PostResult(ts=failure)
         if failure.verdict is not Verdict.INVALID:

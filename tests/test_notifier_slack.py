@@ -236,3 +236,21 @@ async def test_a_failed_thread_reply_never_reposts_the_main_message(
         await wait_until(lambda: outbox_empty(redis_client), within=10, what="acked")
     assert delivered(fake_slack) == [e.event_id]
     assert len(fake_slack.calls_to("chat.postMessage")) == 2  # main + one failed reply
+
+
+async def test_a_rendering_bug_does_not_hold_the_channel(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in rendering")
+
+    monkeypatch.setattr("bot.deliver.render_alert", broken)
+    events = [job_event(1, connector_id="<!channel> pg")]
+    await enqueue(redis_client, *events)
+    notifier = make_notifier(redis_client, fake_slack)
+    async with running(notifier):
+        await wait_until(lambda: outbox_empty(redis_client), within=10, what="delivered")
+    assert delivered(fake_slack) == [events[0].event_id]
+    text = fake_slack.posted(CH)[0]["text"]
+    assert "failed: &lt;!channel&gt; pg" in text
+    assert "<!channel>" not in text

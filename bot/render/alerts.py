@@ -356,3 +356,17 @@ def render_plain(message: AlertMessage) -> str:
     parts = [t for block in message.blocks for t in _texts(block)]
     text = "\n".join(parts) if parts else message.text
     return truncate(text or "—", MAX_MESSAGE_TEXT)
+
+
+def render_minimal(events: Sequence[JobEvent]) -> AlertMessage:
+    """A text-only message built from as little as possible, for when rendering the full
+    message failed (a bug): the alert still goes out instead of blocking its channel."""
+    lines = [
+        f"{e.kind.value}: {clip(e.job.connector_id, ID_CHARS)} → "
+        f"{clip(e.job.dest_table, TABLE_CHARS)} (job {clip(e.job.id, ID_CHARS)})"
+        for e in events[:MAX_DIGEST_LISTED]
+    ]
+    if len(events) > MAX_DIGEST_LISTED:
+        lines.append(f"…and {len(events) - MAX_DIGEST_LISTED} more")
+    text = "Timbal job alert(s):\n" + "\n".join(lines)
+    return AlertMessage(text=truncate(text, MAX_MESSAGE_TEXT), blocks=[])
