@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="diff only: commit nothing, post nothing"
     )
 
+    dead = sub.add_parser(
+        "dead-letters", help="list the alerts that could not be delivered; --replay sends them"
+    )
+    dead.add_argument("--limit", type=int, default=100, help="letters to show (default 100)")
+    dead.add_argument(
+        "--replay", action="store_true", help="put the listed letters back in the outbox"
+    )
+
     demo = sub.add_parser("demo", help="the whole bot against a simulated org; no credentials")
     demo.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
@@ -81,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_jobs(settings, args.connector, args.state, args.limit))
     if args.command == "poll":
         return asyncio.run(_poll_once(settings, dry_run=args.dry_run))
+    if args.command == "dead-letters":
+        return asyncio.run(_dead_letters(settings, limit=max(args.limit, 1), replay=args.replay))
     raise AssertionError(args.command)
 
 
@@ -203,5 +213,34 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
         return 1
     finally:
         await timbal.aclose()
+        await redis.aclose()
+    return 0
+
+
+async def _dead_letters(settings: Settings, *, limit: int, replay: bool) -> int:
+    from redis.exceptions import RedisError
+
+    from storage.connection import open_redis
+    from storage.dead_letters import DeadLetters
+    from storage.keys import Keys
+
+    redis = open_redis(settings.redis_url)
+    store = DeadLetters(redis, Keys(settings.redis_prefix, settings.timbal_org_id))
+    try:
+        letters = await store.read(limit)
+        for letter in letters:
+            detail = f" ({letter.detail})" if letter.detail else ""
+            print(
+                f"{letter.at}  {letter.reason:<20} channel={letter.channel or '-'} "
+                f"event={letter.event_id!r}{detail}"
+            )
+        print(f"{len(letters)} dead letter(s)")
+        if replay and letters:
+            count = await store.replay(letters)
+            print(f"replayed {count} into the outbox; the notifier sends them to today's routes")
+    except RedisError as exc:
+        print(f"timbal-jobs-bot: Redis failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
         await redis.aclose()
     return 0

@@ -129,7 +129,7 @@ def parse_record(raw: str | bytes | None) -> DeliveryRecord | None:
         return None
 
 
-def _entries(reply: Any) -> list[OutboxEntry]:
+def parse_entries(reply: Any) -> list[OutboxEntry]:
     """XREADGROUP / XRANGE / XAUTOCLAIM replies (RESP2 lists or RESP3 dicts) -> entries."""
     if isinstance(reply, dict):
         reply = list(reply.items())
@@ -190,7 +190,7 @@ class DeliveryStore:
         while len(entries) < max_pending:
             want = min(count, max_pending - len(entries))
             reply = await redis.xreadgroup(self.group, self.consumer, {key: last}, count=want)
-            page = _entries(reply)
+            page = parse_entries(reply)
             entries += page
             if len(page) < want:
                 break
@@ -199,7 +199,7 @@ class DeliveryStore:
             return entries
         wait = int(block * 1000) if block and not entries else None
         new = await redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count, block=wait)
-        return entries + _entries(new)
+        return entries + parse_entries(new)
 
     async def reclaim(self, count: int) -> list[OutboxEntry]:
         """Take over entries idle for `reclaim_idle` s (their consumer is presumably dead)."""
@@ -211,7 +211,7 @@ class DeliveryStore:
             start_id=self._claim_cursor,
             count=count,
         )
-        cursor, claimed = str(reply[0]), _entries(reply[1])
+        cursor, claimed = str(reply[0]), parse_entries(reply[1])
         deleted = [str(i) for i in (reply[2] if len(reply) > 2 else [])]
         self._claim_cursor = cursor
         if deleted:  # deleted while pending: nothing left to deliver
@@ -229,7 +229,7 @@ class DeliveryStore:
             for entry_id in ids:
                 pipe.xrange(key, entry_id, entry_id)
             replies = await pipe.execute()
-        return [e for reply in replies for e in _entries(reply)]
+        return [e for reply in replies for e in parse_entries(reply)]
 
     async def ack_and_delete(self, ids: Sequence[str]) -> int:
         """XACK + XDEL in one MULTI: the entry is done, and the stream length stays the backlog."""
@@ -267,7 +267,7 @@ class DeliveryStore:
             pipe.xrange(self._keys.outbox, "-", "+", count=1)
             pipe.time()
             length, oldest, (secs, micros) = await pipe.execute()
-        entries = _entries(oldest)
+        entries = parse_entries(oldest)
         if not entries:
             return Backlog(length=int(length), oldest_age=0.0)
         now_ms = int(secs) * 1000 + int(micros) // 1000

@@ -1,0 +1,72 @@
+"""Operators can see what could not be delivered, fix the cause, and replay it exactly once."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from storage.dead_letters import DeadLetters
+from storage.delivery import DeliveryStore, parse_entries
+from storage.keys import Keys
+from tests.fakes import FakeSlack, FakeTimbal
+from tests.notifier_helpers import (
+    CH,
+    KEYS,
+    delivered,
+    enqueue,
+    job_event,
+    make_notifier,
+    outbox_empty,
+    running,
+)
+from tests.proc import clean_env, run_cli
+from tests.waiting import wait_until
+
+
+async def test_fix_the_channel_then_replay_delivers_once(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    fake_slack.known_channels = {"C0OTHER"}  # CH does not exist (yet): channel_not_found
+    events = [job_event(1), job_event(2)]
+    await enqueue(redis_client, *events)
+    letters = DeadLetters(redis_client, KEYS)
+    async with running(make_notifier(redis_client, fake_slack)):
+        await wait_until(lambda: outbox_empty(redis_client), what="dead-lettered")
+        dead = await letters.read()
+        assert [(d.event_id, d.channel, d.reason) for d in dead] == [
+            (e.event_id, CH, "channel_not_found") for e in events
+        ]
+        assert delivered(fake_slack) == []
+        fake_slack.known_channels = None  # the channel was created / the bot invited
+        assert await letters.replay(dead) == 2
+        assert await letters.read() == []
+        await wait_until(lambda: len(delivered(fake_slack)) == 2, what="replayed")
+        await wait_until(lambda: outbox_empty(redis_client), what="acked")
+        assert await letters.replay(dead) == 2  # a second replay of the same letters ...
+        await wait_until(lambda: outbox_empty(redis_client), what="acked again")
+    assert delivered(fake_slack) == [e.event_id for e in events]  # ... posts nothing twice
+
+
+async def test_cli_lists_and_replays(
+    bot_env: dict[str, str],
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    fake_timbal: FakeTimbal,
+    fake_slack: FakeSlack,
+) -> None:
+    keys = Keys("tjb", fake_timbal.org_id)
+    event = job_event(7, connector_id="pg\nforged line")
+    await redis_client.xadd(
+        keys.outbox, {"event_id": event.event_id, "event": event.model_dump_json()}
+    )
+    store = DeliveryStore(redis_client, keys, consumer="ops")
+    [entry] = parse_entries(await redis_client.xrange(keys.outbox))
+    await store.dead_letter(entry, "C0ALERTS", "not_in_channel", now=event.detected_at)
+    env = clean_env(**{**bot_env, "REDIS_URL": redis_url})
+    listed = await run_cli("dead-letters", env=env)
+    assert listed.code == 0, listed.stderr
+    assert "not_in_channel" in listed.stdout
+    assert "1 dead letter(s)" in listed.stdout
+    replayed = await run_cli("dead-letters", "--replay", env=env)
+    assert "replayed 1 into the outbox" in replayed.stdout
+    assert await redis_client.xlen(keys.dead_letter) == 0
+    assert await redis_client.xlen(keys.outbox) == 2  # the original entry and the replay
