@@ -13,7 +13,6 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +30,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings, SlackMode
+from bot.health import Health
 from bot.metrics import Metrics
 from bot.notify import Notifier
 from bot.poller import Poller
@@ -41,7 +41,6 @@ from bot.slack_errors import error_code
 from bot.timbal import TimbalClient
 from handlers import register_handlers
 from storage.connection import open_redis
-from storage.heartbeat import last_poll
 from storage.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,6 @@ class StartupError(Exception):
 
 def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class Readiness:
-    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(ok for ok, _ in self.checks.values())
 
 
 class Runtime:
@@ -116,6 +106,15 @@ class Runtime:
         self.poller = self._build_poller() if poller else None
         self.notifier = self._build_notifier() if notifier else None
         self._socket: AsyncSocketModeHandler | None = None
+        self.health = Health(
+            redis=self.redis,
+            keys=self.keys,
+            metrics=self.metrics,
+            replica=self.replica,
+            clock=clock,
+            poll_interval=settings.poll_interval_seconds if poller else None,
+            before_metrics=self.notifier.refresh_backlog_metrics if self.notifier else None,
+        )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -232,6 +231,7 @@ class Runtime:
         token = self.settings.slack_app_token
         assert token is not None  # Settings guarantees it in socket mode
         self._socket = AsyncSocketModeHandler(app, token.get_secret_value())
+        self.health.socket_connected = self._socket.client.is_connected
         client = self._socket.client
         # slack_sdk's connect() retries a refused token forever; ask once so a bad
         # SLACK_APP_TOKEN fails start-up with a clear message instead of hanging.
@@ -265,9 +265,7 @@ class Runtime:
         web_app = web.Application(client_max_size=1024 * 1024)
         if self.app is not None and self.settings.effective_slack_mode is SlackMode.HTTP:
             web_app.router.add_post(SLACK_EVENTS_PATH, self._slack_events)
-        web_app.router.add_get("/healthz", self._healthz)
-        web_app.router.add_get("/readyz", self._readyz)
-        web_app.router.add_get("/metrics", self._metrics)
+        self.health.routes(web_app)
         self._runner, self.port = await serve(web_app, self.settings.host, self.settings.port)
 
     async def wait(self) -> None:
@@ -306,49 +304,6 @@ class Runtime:
         assert self.app is not None
         bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(bolt_response)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "replica": self.replica})
-
-    async def readiness(self) -> Readiness:
-        report = Readiness()
-        try:
-            await asyncio.wait_for(self.redis.ping(), timeout=2)
-            report.checks["redis"] = (True, "reachable")
-        except Exception as exc:
-            report.checks["redis"] = (False, f"unreachable: {type(exc).__name__}")
-        if self.poller is not None:
-            report.checks["poll"] = await self._poll_fresh()
-        if self._socket is not None:
-            connected = await self._socket.client.is_connected()
-            report.checks["slack"] = (connected, "connected" if connected else "not connected")
-        return report
-
-    async def _poll_fresh(self) -> tuple[bool, str]:
-        try:
-            when = await last_poll(self.redis, self.keys)
-        except Exception as exc:
-            return False, f"unknown: {type(exc).__name__}"
-        if when is None:
-            return False, "no successful poll yet"
-        age = (self.clock() - when).total_seconds()
-        limit = 3 * self.settings.poll_interval_seconds
-        return age <= limit, f"last successful poll {age:.0f}s ago (limit {limit:.0f}s)"
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        report = await self.readiness()
-        body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in report.checks.items()}
-        return web.json_response(
-            {"ready": report.ok, "checks": body}, status=200 if report.ok else 503
-        )
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        if self.notifier is not None:
-            with contextlib.suppress(Exception):
-                await self.notifier.refresh_backlog_metrics()
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
 
 
 @contextlib.asynccontextmanager
