@@ -1,4 +1,4 @@
-"""Review findings in the alert pipeline, each pinned by a test: Slack's `rate_limited` answer,
+"""Alert pipeline edge cases, each pinned by a test: Slack's `rate_limited` answer,
 a finish time the API fills in after the state, and API text in the notifier's log lines.
 Real Redis and FakeSlack over real HTTP, as in the other notifier tests."""
 

@@ -1,4 +1,4 @@
-"""Operational edge cases found in review: settings that used to fail late, a CLI crash, fake
+"""Operational edge cases: settings that used to fail late, a CLI crash, fake
 fidelity."""
 
 from __future__ import annotations
