@@ -42,6 +42,8 @@ DEFAULT_SUCCESS_STATES = frozenset(
 )
 
 StateSet = Annotated[frozenset[str], NoDecode]
+# A user (U…/W…), a user group (S…), or `here` / `channel`.
+ONCALL_PATTERN = r"^([UWS][A-Z0-9]{2,20}|here|channel)$"
 HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
@@ -95,6 +97,7 @@ class Settings(BaseSettings):
     backfill_seconds: float = Field(default=0.0, ge=0.0)
     vanish_grace_seconds: float = Field(default=3600.0, ge=0.0)
     alert_on_started: bool = False
+    oncall_mention: str | None = Field(default=None, pattern=ONCALL_PATTERN)
     digest_threshold: int = Field(default=5, ge=1, le=1000)
     channel_min_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
     failure_states: StateSet = DEFAULT_FAILURE_STATES
@@ -166,6 +169,18 @@ class Settings(BaseSettings):
         if self.slack_mode is not None:
             return self.slack_mode
         return SlackMode.SOCKET if self.slack_app_token is not None else SlackMode.HTTP
+
+    @property
+    def oncall_markup(self) -> str | None:
+        """ONCALL_MENTION as Slack mention markup, for failure alerts."""
+        mention = self.oncall_mention
+        if mention is None:
+            return None
+        if mention in ("here", "channel"):
+            return f"<!{mention}>"
+        if mention.startswith("S"):
+            return f"<!subteam^{mention}>"
+        return f"<@{mention}>"
 
     @property
     def secrets(self) -> list[str]:

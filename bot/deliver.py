@@ -16,7 +16,7 @@ from itertools import takewhile
 
 from bot.events import EventKind, JobEvent
 from bot.metrics import Metrics
-from bot.render.alerts import render_alert, render_digest, render_minimal
+from bot.render.alerts import render_alert, render_digest, render_minimal, with_mention
 from bot.slack_errors import Scope, SlackFailure, Verdict, classify
 from bot.slack_post import AlertPoster, alert_metadata
 from storage.delivery import (
@@ -81,6 +81,7 @@ class DeliveryPolicy:
     retry_base: float = 1.0  # back-off after a 5xx / connection error, doubling...
     retry_cap: float = 60.0  # ...up to this
     history_margin: timedelta = timedelta(minutes=2)  # look this far before the first attempt
+    oncall_mention: str | None = None  # Slack markup (`<@U…>`) put on alerts with failures
 
 
 class ChannelDelivery:
@@ -247,6 +248,9 @@ class ChannelDelivery:
                 ch,
             )
             message = render_minimal([it.event for it in items])
+        mention = self.policy.oncall_mention
+        if mention is not None and any(it.event.kind is EventKind.FAILED for it in items):
+            message = with_mention(message, mention)
         metadata = alert_metadata([it.event_id for it in items])
         pairs = [(it.event_id, ch) for it in items]
         posted = await self._poster.post(ch, message, metadata)

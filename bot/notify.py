@@ -76,6 +76,7 @@ class Notifier:
         history_margin: float = 120.0,
         record_retention: timedelta = timedelta(days=7),
         prune_every: float = 600.0,
+        oncall_mention: str | None = None,
     ) -> None:
         self._store = DeliveryStore(redis, keys, consumer=consumer, reclaim_idle=reclaim_idle)
         self.policy = DeliveryPolicy(
@@ -86,6 +87,7 @@ class Notifier:
             retry_base=retry_base,
             retry_cap=retry_cap,
             history_margin=timedelta(seconds=history_margin),
+            oncall_mention=oncall_mention,
         )
         self._delivery = ChannelDelivery(
             store=self._store,

@@ -177,6 +177,7 @@ class Runtime:
             consumer=self.replica,
             digest_threshold=self.settings.digest_threshold,
             channel_min_interval=self.settings.channel_min_interval_seconds,
+            oncall_mention=self.settings.oncall_markup,
             clock=self.clock,
         )
 

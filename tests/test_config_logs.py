@@ -124,3 +124,26 @@ def test_blank_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "bot.internal"])  # noqa: S104
 def test_hosts_to_listen_on(host: str) -> None:
     assert load_settings(**BASE, host=host).host == host
+
+
+@pytest.mark.parametrize(
+    ("value", "markup"),
+    [
+        ("U0ONCALL1", "<@U0ONCALL1>"),
+        ("W0ENTUSER", "<@W0ENTUSER>"),
+        ("S0ONCALL1", "<!subteam^S0ONCALL1>"),
+        ("here", "<!here>"),
+        ("channel", "<!channel>"),
+    ],
+)
+def test_oncall_mention_markup(monkeypatch: pytest.MonkeyPatch, value: str, markup: str) -> None:
+    monkeypatch.setenv("ONCALL_MENTION", value)
+    assert load_settings(**BASE).oncall_markup == markup
+
+
+@pytest.mark.parametrize("value", ["<@U0ONCALL1>", "@bob", "u0oncall1", "everyone", "S1 S2"])
+def test_a_bad_oncall_mention_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ONCALL_MENTION", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(**BASE)
+    assert "ONCALL_MENTION" in str(info.value)

@@ -4,6 +4,7 @@ storms and long errors. Real Redis, FakeSlack over real HTTP, timings from the c
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import Counter
 
@@ -254,3 +255,17 @@ async def test_a_rendering_bug_does_not_hold_the_channel(
     text = fake_slack.posted(CH)[0]["text"]
     assert "failed: &lt;!channel&gt; pg" in text
     assert "<!channel>" not in text
+
+
+async def test_failures_mention_on_call_successes_do_not(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    failed, succeeded = job_event(1), job_event(2, EventKind.SUCCEEDED)
+    await enqueue(redis_client, failed, succeeded)
+    notifier = make_notifier(redis_client, fake_slack, oncall_mention="<!subteam^S0ONCALL1>")
+    async with running(notifier):
+        await wait_until(lambda: outbox_empty(redis_client), within=10, what="delivered")
+    first, second = fake_slack.posted(CH)
+    assert first["text"].startswith("<!subteam^S0ONCALL1> ")
+    assert "<!subteam^S0ONCALL1> on call" in json.dumps(first["blocks"])
+    assert "S0ONCALL1" not in second["text"] + json.dumps(second["blocks"])

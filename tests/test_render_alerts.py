@@ -28,8 +28,10 @@ from bot.render.alerts import (
     render_started_alert,
     render_success_alert,
     split_chunks,
+    with_mention,
 )
 from bot.render.common import (
+    MAX_BLOCKS,
     MAX_FALLBACK_TEXT,
     MAX_FIELD_TEXT,
     MAX_FIELDS,
@@ -368,3 +370,18 @@ def test_hostile_digests_render_within_limits(
         for f in (e.job.id, e.job.connector_id, e.job.dest_table, e.job.state, e.job.message)
     ]
     assert_valid(render_digest(events, now=now, max_listed=max_listed), *sources)
+
+
+def test_with_mention_pings_in_text_and_under_the_header() -> None:
+    message = with_mention(render_alert(event(), now=NOW), "<!subteam^S0ONCALL1>")
+    assert message.text.startswith("<!subteam^S0ONCALL1> ")
+    assert message.blocks[0]["type"] == "header"
+    assert message.blocks[1]["text"]["text"].startswith("<!subteam^S0ONCALL1> on call")
+    assert block_errors(message.blocks) == []
+
+
+def test_with_mention_keeps_a_full_message_within_the_block_limit() -> None:
+    full = AlertMessage(text="x", blocks=[{"type": "divider"}] * MAX_BLOCKS)
+    message = with_mention(full, "<@U0ONCALL1>")
+    assert len(message.blocks) == MAX_BLOCKS
+    assert message.text == "<@U0ONCALL1> x"

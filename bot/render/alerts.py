@@ -30,6 +30,7 @@ from slack_sdk.models.blocks import (
 from bot.events import EventKind, JobEvent
 from bot.models import Job
 from bot.render.common import (
+    MAX_BLOCKS,
     MAX_FALLBACK_TEXT,
     MAX_HEADER_TEXT,
     MAX_SECTION_TEXT,
@@ -370,3 +371,15 @@ def render_minimal(events: Sequence[JobEvent]) -> AlertMessage:
         lines.append(f"…and {len(events) - MAX_DIGEST_LISTED} more")
     text = "Timbal job alert(s):\n" + "\n".join(lines)
     return AlertMessage(text=truncate(text, MAX_MESSAGE_TEXT), blocks=[])
+
+
+def with_mention(message: AlertMessage, mention: str) -> AlertMessage:
+    """The message with the on-call `mention` (Slack markup such as `<@U123>`, ours, not API
+    text) in its notification text and in a section under the header, so on-call is pinged."""
+    text = truncate(f"{mention} {message.text}", MAX_MESSAGE_TEXT)
+    blocks = list(message.blocks)
+    if len(blocks) < MAX_BLOCKS:
+        at = 1 if blocks and blocks[0].get("type") == "header" else 0
+        section = SectionBlock(text=MarkdownTextObject(text=f"{mention} on call, please look"))
+        blocks.insert(at, section.to_dict())
+    return AlertMessage(text=text, blocks=blocks, thread_chunks=message.thread_chunks)
