@@ -72,6 +72,9 @@ class Item:
     channels: tuple[str, ...]
 
 
+MAX_BUG_STRIKES = 5  # unexpected failures in a row before a channel's head is dead-lettered
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
     digest_threshold: int = 5  # more events than this waiting for a channel: one digest
@@ -354,6 +357,35 @@ class ChannelDelivery:
         self._metrics.messages.labels(outcome="retried").inc()
         result.retried += 1
         log.warning("Slack failed for %s (%s): retry %d in %.1fs", ch, reason, attempt, wait)
+
+    async def quarantine(
+        self,
+        ch: str,
+        queue: list[Item],
+        records: dict[Pair, DeliveryRecord],
+        error: Exception,
+        result: NotifyResult,
+    ) -> None:
+        """Dead-letter the channel's first open item after it kept failing with a bug, so
+        the alerts behind it can flow (`dead-letters --replay` sends it once fixed)."""
+        head = next(
+            (it for it in queue if (r := records.get((it.event_id, ch))) is None or not r.done),
+            None,
+        )
+        if head is None:
+            return
+        record = DeliveryRecord(state=DeliveryState.DEAD_LETTERED, at=self._clock())
+        await self.dead_letter([head.entry], ch, "bot_error", repr(error)[:500], result)
+        records[(head.event_id, ch)] = record
+        await self._store.mark({(head.event_id, ch): record})
+        log.error(
+            "alert event=%r for %s failed %d times with a bug (%s): dead-lettered so the "
+            "channel's queue moves on",
+            head.event_id,
+            ch,
+            MAX_BUG_STRIKES,
+            type(error).__name__,
+        )
 
     async def _give_up(
         self,

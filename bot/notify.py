@@ -34,7 +34,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.deliver import ChannelDelivery, DeliveryPolicy, Item, NotifyResult, sid
+from bot.deliver import (
+    MAX_BUG_STRIKES,
+    ChannelDelivery,
+    DeliveryPolicy,
+    Item,
+    NotifyResult,
+    sid,
+)
 from bot.metrics import Metrics
 from bot.routing import Router, distinct_channels
 from bot.slack_post import AlertPoster
@@ -99,6 +106,8 @@ class Notifier:
         )
         self._router = router
         self._metrics = metrics
+        # channel -> (its first open entry, unexpected failures in a row on that entry)
+        self._strikes: dict[str, tuple[str | None, int]] = {}
         self.consumer = consumer
         self._clock = clock
         self.batch_size = batch_size
@@ -211,7 +220,22 @@ class Notifier:
         for ch, outcome in zip(channels, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 log.error("delivery to %s failed unexpectedly", ch, exc_info=outcome)
-                await self._delivery.back_off(ch, type(outcome).__name__, result)
+                head = next(
+                    (
+                        it.entry.id
+                        for it in queues[ch]
+                        if (r := records.get((it.event_id, ch))) is None or not r.done
+                    ),
+                    None,
+                )
+                last_head, strikes = self._strikes.get(ch, (None, 0))
+                strikes = strikes + 1 if head == last_head else 1
+                self._strikes[ch] = (head, strikes)
+                if strikes >= MAX_BUG_STRIKES:  # a bug, not Slack: never block the queue
+                    del self._strikes[ch]
+                    await self._delivery.quarantine(ch, queues[ch], records, outcome, result)
+                else:
+                    await self._delivery.back_off(ch, type(outcome).__name__, result)
             elif isinstance(outcome, BaseException):
                 raise outcome
         fresh = await self._store.records(pairs)

@@ -7,10 +7,12 @@ import itertools
 import json
 import logging
 from collections import Counter
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+import bot.slack_post
 from bot.events import EventKind
 from bot.metrics import Metrics
 from bot.render.alerts import render_alert, render_plain
@@ -269,3 +271,25 @@ async def test_failures_mention_on_call_successes_do_not(
     assert first["text"].startswith("<!subteam^S0ONCALL1> ")
     assert "<!subteam^S0ONCALL1> on call" in json.dumps(first["blocks"])
     assert "S0ONCALL1" not in second["text"] + json.dumps(second["blocks"])
+
+
+async def test_an_entry_that_keeps_hitting_a_bug_is_dead_lettered_and_the_queue_moves(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison, fine = job_event(1), job_event(2)
+    real = bot.slack_post.alert_metadata
+
+    def metadata(event_ids: list[str]) -> dict[str, Any]:
+        if poison.event_id in event_ids:
+            raise RuntimeError("a bug that only this event triggers")
+        return real(event_ids)
+
+    monkeypatch.setattr("bot.deliver.alert_metadata", metadata)
+    await enqueue(redis_client, poison, fine)
+    async with running(make_notifier(redis_client, fake_slack)):
+        await wait_until(lambda: outbox_empty(redis_client), within=15, what="queue moved on")
+    assert delivered(fake_slack) == [fine.event_id]
+    [letter] = await dead_letters(redis_client)
+    assert letter["event_id"] == poison.event_id
+    assert letter["reason"] == "bot_error"
+    assert "a bug that only this event triggers" in letter["detail"]
