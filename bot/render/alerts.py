@@ -22,7 +22,6 @@ from slack_sdk.models.blocks import (
     Block,
     ContextBlock,
     HeaderBlock,
-    MarkdownTextObject,
     PlainTextObject,
     SectionBlock,
 )
@@ -43,6 +42,7 @@ from bot.render.common import (
     fmt_duration_ms,
     fmt_rate,
     inline_code,
+    mrkdwn,
     truncate,
 )
 
@@ -86,9 +86,6 @@ class AlertMessage:
 
 
 # --- small pieces -------------------------------------------------------------------------
-def _mrkdwn(text: str) -> MarkdownTextObject:
-    # verbatim: Slack must not auto-link or auto-mention anything in API text.
-    return MarkdownTextObject(text=text or "—", verbatim=True)
 
 
 def _date(when: datetime | None) -> str:
@@ -137,9 +134,7 @@ def _route(job: Job, *, code: bool) -> str:
 def _ids_context(event: JobEvent, when: str) -> ContextBlock:
     job = event.job
     sync = f"sync {inline_code(job.sync_id, ID_CHARS)}" if job.sync_id else "manual run"
-    return ContextBlock(
-        elements=[_mrkdwn(f"job {inline_code(job.id, ID_CHARS)} · {sync} · {when}")]
-    )
+    return ContextBlock(elements=[mrkdwn(f"job {inline_code(job.id, ID_CHARS)} · {sync} · {when}")])
 
 
 def _code_body(message: str) -> str:
@@ -201,21 +196,21 @@ def render_failure_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
     ]
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
-        SectionBlock(fields=[_mrkdwn(f) for f in fields]),
+        SectionBlock(fields=[mrkdwn(f) for f in fields]),
     ]
     chunks: list[str] = []
     message = job.message or ""
     if message.strip():
         raw = _code_body(message)
         body = clip(raw, ERROR_CHARS, middle=True)
-        blocks.append(SectionBlock(text=_mrkdwn(f"{ERROR_LABEL}{FENCE}{body}{FENCE}")))
+        blocks.append(SectionBlock(text=mrkdwn(f"{ERROR_LABEL}{FENCE}{body}{FENCE}")))
         if len(escape(raw)) > ERROR_CHARS:
             chunks = _thread_chunks(message)
             parts = f"{len(chunks)} part{'s' if len(chunks) != 1 else ''}"
             note = f"The full error ({parts}) is in the thread."
-            blocks.append(ContextBlock(elements=[_mrkdwn(f":thread: {note}")]))
+            blocks.append(ContextBlock(elements=[mrkdwn(f":thread: {note}")]))
     else:
-        blocks.append(SectionBlock(text=_mrkdwn("_The job reported no error message._")))
+        blocks.append(SectionBlock(text=mrkdwn("_The job reported no error message._")))
     blocks.append(_ids_context(event, f"detected {_date(event.detected_at)}"))
     first = clip(_first_line(message), FIRST_LINE_CHARS) or "no error message"
     return _message(f"{emoji} {_route(job, code=False)} failed: {first}", blocks, chunks)
@@ -232,7 +227,7 @@ def _compact(event: JobEvent, figures: list[str], when: str) -> AlertMessage:
     first = _first_line(job.message) if event.kind is not EventKind.SUCCEEDED else ""
     if first:
         line += "\n" + inline_code(first, FIRST_LINE_CHARS + 2)
-    blocks: list[Block] = [SectionBlock(text=_mrkdwn(line)), _ids_context(event, when)]
+    blocks: list[Block] = [SectionBlock(text=mrkdwn(line)), _ids_context(event, when)]
     text = f"{emoji} {_route(job, code=False)} {label}"
     return _message(text + (f": {clip(first, FIRST_LINE_CHARS)}" if first else ""), blocks)
 
@@ -311,18 +306,18 @@ def render_digest(
     rich += f" across {connectors} connector{'s' if connectors != 1 else ''}"
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
-        SectionBlock(text=_mrkdwn(truncate(rich, MAX_SECTION_TEXT))),
+        SectionBlock(text=mrkdwn(truncate(rich, MAX_SECTION_TEXT))),
     ]
     ordered = sorted(events, key=lambda e: KIND_ORDER.index(e.kind))  # stable: stream order
     listed = ordered[: max(0, min(max_listed, MAX_DIGEST_LISTED))]
     section = ""
     for line in map(_digest_line, listed):
         if section and len(section) + 1 + len(line) > MAX_SECTION_TEXT:
-            blocks.append(SectionBlock(text=_mrkdwn(section)))
+            blocks.append(SectionBlock(text=mrkdwn(section)))
             section = ""
         section = f"{section}\n{line}" if section else line
     if section:
-        blocks.append(SectionBlock(text=_mrkdwn(section)))
+        blocks.append(SectionBlock(text=mrkdwn(section)))
     footer = []
     if len(ordered) > len(listed):
         footer.append(f"…and {len(ordered) - len(listed)} more")
@@ -332,7 +327,7 @@ def render_digest(
         span = _date(first) if first == last else f"{_date(first)} – {_date(last)}"
         footer.append(f"detected {span}")
     if footer:
-        blocks.append(ContextBlock(elements=[_mrkdwn(" · ".join(footer))]))
+        blocks.append(ContextBlock(elements=[mrkdwn(" · ".join(footer))]))
     return _message(f":rotating_light: {total}: {summary}", blocks)
 
 
@@ -380,6 +375,6 @@ def with_mention(message: AlertMessage, mention: str) -> AlertMessage:
     blocks = list(message.blocks)
     if len(blocks) < MAX_BLOCKS:
         at = 1 if blocks and blocks[0].get("type") == "header" else 0
-        section = SectionBlock(text=MarkdownTextObject(text=f"{mention} on call, please look"))
+        section = SectionBlock(text=mrkdwn(f"{mention} on call, please look"))
         blocks.insert(at, section.to_dict())
     return AlertMessage(text=text, blocks=blocks, thread_chunks=message.thread_chunks)

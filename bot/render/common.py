@@ -46,6 +46,12 @@ QUEUED_EMOJI = ":hourglass_flowing_sand:"
 QUEUED_STATES = frozenset({"queued", "pending", "scheduled", "waiting", "created"})
 
 
+def mrkdwn(text: str) -> MarkdownTextObject:
+    """A mrkdwn text object. verbatim: Slack must not auto-link or auto-mention anything in it,
+    so only markup we wrote (date tokens, an on-call mention) is live. Never empty."""
+    return MarkdownTextObject(text=text or "—", verbatim=True)
+
+
 def escape(text: str) -> str:
     """Escape API text for mrkdwn: `&`, `<`, `>` (so it can neither ping nor forge a link).
 

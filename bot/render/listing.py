@@ -21,7 +21,6 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     DividerBlock,
     HeaderBlock,
-    MarkdownTextObject,
     PlainTextObject,
     SectionBlock,
 )
@@ -42,6 +41,7 @@ from bot.render.common import (
     fmt_duration_ms,
     fmt_rate,
     inline_code,
+    mrkdwn,
     state_emoji,
     truncate,
 )
@@ -72,11 +72,6 @@ class RenderedMessage:
 
     text: str
     blocks: list[dict[str, Any]]
-
-
-def _mrkdwn(text: str) -> MarkdownTextObject:
-    # verbatim: Slack must not auto-link or auto-mention anything in API text.
-    return MarkdownTextObject(text=text, verbatim=True)
 
 
 def _plain(text: str, limit: int) -> PlainTextObject:
@@ -188,7 +183,7 @@ def render_jobs_listing(
     blocks: list[Block] = [HeaderBlock(text=_title(query, org_id))]
     if not jobs:
         text = f"No jobs {scope}."
-        return _message(text, [*blocks, SectionBlock(text=_mrkdwn(text))])
+        return _message(text, [*blocks, SectionBlock(text=mrkdwn(text))])
     matching = sorted(
         (job for job in jobs if query.wants(job, classifier)),
         key=lambda job: (job.created_at, job.id),
@@ -196,19 +191,19 @@ def render_jobs_listing(
     )
     shown = matching[: max(1, min(query.limit, MAX_JOBS_SHOWN))]
     summary, plain_summary = _summary(jobs, classifier)
-    blocks += [SectionBlock(text=_mrkdwn(truncate(summary, MAX_SECTION_TEXT))), DividerBlock()]
+    blocks += [SectionBlock(text=mrkdwn(truncate(summary, MAX_SECTION_TEXT))), DividerBlock()]
     if not matching:
         text = f"No jobs with state {state} {scope}."
-        blocks.append(SectionBlock(text=_mrkdwn(text)))
+        blocks.append(SectionBlock(text=mrkdwn(text)))
         return _message(f"{text} All jobs: {plain_summary}", blocks)
-    blocks += [SectionBlock(text=_mrkdwn(job_text(j, classifier.classify(j), now))) for j in shown]
+    blocks += [SectionBlock(text=mrkdwn(job_text(j, classifier.classify(j), now))) for j in shown]
     footer = f"Showing {len(shown)} of {len(matching)} job{'s' if len(matching) != 1 else ''}"
     if state is not None:
         footer += f" with state {state} ({len(jobs)} in all)"
     footer += f", newest first · {where}"
     if len(shown) < len(matching) and query.limit < MAX_LIMIT:
         footer += f" · `limit={MAX_LIMIT}` shows more"
-    blocks.append(ContextBlock(elements=[_mrkdwn(footer)]))
+    blocks.append(ContextBlock(elements=[mrkdwn(footer)]))
     total = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
     return _message(f"{total} {scope}: {plain_summary}", blocks)
 
@@ -219,16 +214,16 @@ def render_usage(reason: str | None = None) -> RenderedMessage:
     text = escape("Usage: /jobs [connector] [state=<state>] [limit=<n>]")
     if reason:
         why = clip(reason, 500)
-        blocks.append(SectionBlock(text=_mrkdwn(f":warning: {why}")))
+        blocks.append(SectionBlock(text=mrkdwn(f":warning: {why}")))
         text = f"{why} {text}"
-    blocks.append(SectionBlock(text=_mrkdwn(escape(USAGE))))
+    blocks.append(SectionBlock(text=mrkdwn(escape(USAGE))))
     return _message(text, blocks)
 
 
 def render_error(message: str) -> RenderedMessage:
     """A one-sentence error. `message` is escaped here: callers pass plain text (backticks ok)."""
     text = clip(message, MAX_SECTION_TEXT - 20)
-    return _message(text, [SectionBlock(text=_mrkdwn(f":warning: {text}"))])
+    return _message(text, [SectionBlock(text=mrkdwn(f":warning: {text}"))])
 
 
 def _message(text: str, blocks: Sequence[Block]) -> RenderedMessage:
