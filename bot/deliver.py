@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from itertools import takewhile
@@ -72,6 +72,16 @@ class Item:
     channels: tuple[str, ...]
 
 
+def is_open(record: DeliveryRecord | None) -> bool:
+    """Not yet delivered to the channel (nor dead-lettered)."""
+    return record is None or not record.done
+
+
+def first_open(ch: str, queue: list[Item], records: Mapping[Pair, DeliveryRecord]) -> Item | None:
+    """The channel's oldest item still to deliver: the head of its queue."""
+    return next((it for it in queue if is_open(records.get((it.event_id, ch)))), None)
+
+
 MAX_BUG_STRIKES = 5  # unexpected failures in a row before a channel's head is dead-lettered
 
 
@@ -118,8 +128,7 @@ class ChannelDelivery:
         result: NotifyResult,
     ) -> None:
         def open_(it: Item) -> bool:
-            record = records.get((it.event_id, ch))
-            return record is None or not record.done
+            return is_open(records.get((it.event_id, ch)))
 
         def unsent(it: Item) -> bool:
             record = records.get((it.event_id, ch))
@@ -368,10 +377,7 @@ class ChannelDelivery:
     ) -> None:
         """Dead-letter the channel's first open item after it kept failing with a bug, so
         the alerts behind it can flow (`dead-letters --replay` sends it once fixed)."""
-        head = next(
-            (it for it in queue if (r := records.get((it.event_id, ch))) is None or not r.done),
-            None,
-        )
+        head = first_open(ch, queue, records)
         if head is None:
             return
         record = DeliveryRecord(state=DeliveryState.DEAD_LETTERED, at=self._clock())

@@ -40,6 +40,8 @@ from bot.deliver import (
     DeliveryPolicy,
     Item,
     NotifyResult,
+    first_open,
+    is_open,
     sid,
 )
 from bot.metrics import Metrics
@@ -220,14 +222,8 @@ class Notifier:
         for ch, outcome in zip(channels, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 log.error("delivery to %s failed unexpectedly", ch, exc_info=outcome)
-                head = next(
-                    (
-                        it.entry.id
-                        for it in queues[ch]
-                        if (r := records.get((it.event_id, ch))) is None or not r.done
-                    ),
-                    None,
-                )
+                first = first_open(ch, queues[ch], records)
+                head = first.entry.id if first is not None else None
                 last_head, strikes = self._strikes.get(ch, (None, 0))
                 strikes = strikes + 1 if head == last_head else 1
                 self._strikes[ch] = (head, strikes)
@@ -240,9 +236,7 @@ class Notifier:
                 raise outcome
         fresh = await self._store.records(pairs)
         for it in items:
-            if all(
-                (r := fresh.get((it.event_id, ch))) is not None and r.done for ch in it.channels
-            ):
+            if all(not is_open(fresh.get((it.event_id, ch))) for ch in it.channels):
                 finished.append(it.entry.id)
         result.acked = await self._store.ack_and_delete(finished)
 
@@ -304,8 +298,7 @@ class Notifier:
         records = await self._store.records(pair for _, pair in candidates)
         blocked: dict[str, str] = {}
         for entry_id, pair in candidates:
-            record = records.get(pair)
-            if record is not None and record.done:
+            if not is_open(records.get(pair)):
                 continue
             ch = pair[1]
             if ch not in blocked or sid(entry_id) < sid(blocked[ch]):
