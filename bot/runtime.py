@@ -37,7 +37,7 @@ from bot.poller import Poller
 from bot.routing import route
 from bot.serve import serve
 from bot.services import Services, classifier_from
-from bot.slack_errors import error_code
+from bot.slack_errors import TOKEN_ERRORS, error_code
 from bot.timbal import TimbalClient
 from handlers import register_handlers
 from storage.connection import open_redis
@@ -46,9 +46,6 @@ from storage.keys import Keys
 log = logging.getLogger(__name__)
 
 SLACK_EVENTS_PATH = "/slack/events"
-FATAL_SOCKET_ERRORS = frozenset(
-    {"invalid_auth", "not_authed", "not_allowed_token_type", "account_inactive", "token_revoked"}
-)
 
 
 class _DropBoltTokenNotice(logging.Filter):
@@ -215,7 +212,7 @@ class Runtime:
             auth = await self.slack.auth_test()
         except SlackApiError as exc:
             error = error_code(exc)
-            if error in FATAL_SOCKET_ERRORS:
+            if error in TOKEN_ERRORS:
                 raise StartupError(f"Slack refused SLACK_BOT_TOKEN (auth.test: {error})") from None
             log.warning("auth.test failed (%s); the first slash command will retry it", error)
             return
@@ -240,7 +237,7 @@ class Runtime:
             client.wss_uri = await client.issue_new_wss_url()
         except SlackApiError as exc:
             error = error_code(exc)
-            if error in FATAL_SOCKET_ERRORS:
+            if error in TOKEN_ERRORS:
                 raise StartupError(
                     f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {error}); "
                     "create an app-level token with connections:write"
