@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from bot import __version__
 from bot.config import Settings, SettingsError, load_settings
@@ -168,39 +168,27 @@ async def _jobs(settings: Settings, connector: str | None, state: str | None, li
 async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
     from redis.exceptions import RedisError
 
-    from bot.diff import diff
-    from bot.services import classifier_from
+    from bot.metrics import Metrics
+    from bot.poller import Poller
     from bot.timbal import TimbalClient, TimbalError
     from storage.connection import open_redis
-    from storage.keys import Keys
-    from storage.outbox import Outbox
-    from storage.snapshots import SnapshotStore
 
-    keys = Keys(settings.redis_prefix, settings.timbal_org_id)
     redis = open_redis(settings.redis_url)
     timbal = TimbalClient.from_settings(settings)
-    now = datetime.now(UTC)
+    poller = Poller.from_settings(
+        settings, redis=redis, timbal=timbal, metrics=Metrics(), holder="cli"
+    )
     try:
-        jobs = await timbal.list_jobs()
-        previous = await SnapshotStore(redis, keys).load()
-        result = diff(
-            previous,
-            jobs,
-            now,
-            org_id=settings.timbal_org_id,
-            classifier=classifier_from(settings),
-            backfill=timedelta(seconds=settings.backfill_seconds),
-            vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
-            alert_on_started=settings.alert_on_started,
-        )
-        print(f"jobs={len(jobs)} events={len(result.events)} baseline={result.baseline}")
+        plan = await poller.plan()
+        result = plan.changes
+        print(f"jobs={len(plan.jobs)} events={len(result.events)} baseline={result.baseline}")
         for event in result.events:
             job = event.job
             print(f"  {event.kind.value:<9} {job.connector_id} {job.dest_table} job={job.id}")
         if dry_run:
             print("dry run: nothing committed")
         else:
-            committed = await Outbox(redis, keys).commit(result, now)
+            committed = await poller.commit(plan)
             print(
                 f"committed: {len(committed.enqueued)} enqueued, "
                 f"{committed.duplicates} already enqueued"

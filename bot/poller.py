@@ -28,15 +28,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.diff import diff
+from bot.config import Settings
+from bot.diff import DiffResult, diff
 from bot.metrics import Metrics
-from bot.services import JobsSource
+from bot.models import Job
+from bot.services import JobsSource, classifier_from
 from bot.states import StateClassifier
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 from storage.heartbeat import record_poll
 from storage.keys import Keys
 from storage.lease import LEASE_TTL_INTERVALS, PollerLease
-from storage.outbox import Outbox
+from storage.outbox import CommitResult, Outbox
 from storage.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,40 @@ def outcome_of(exc: BaseException) -> str:
     return "redis_error"
 
 
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[Job]
+    changes: DiffResult
+    now: datetime
+
+
 class Poller:
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        redis: aioredis.Redis,
+        timbal: JobsSource,
+        metrics: Metrics,
+        holder: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> Poller:
+        return cls(
+            redis=redis,
+            timbal=timbal,
+            keys=Keys(settings.redis_prefix, settings.timbal_org_id),
+            classifier=classifier_from(settings),
+            org_id=settings.timbal_org_id,
+            interval=settings.poll_interval_seconds,
+            backfill=timedelta(seconds=settings.backfill_seconds),
+            vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
+            alert_on_started=settings.alert_on_started,
+            metrics=metrics,
+            holder=holder,
+            clock=clock,
+        )
+
     def __init__(
         self,
         *,
@@ -139,10 +174,8 @@ class Poller:
         ).inc()
         return result
 
-    async def _cycle(self, started: float) -> PollResult:
-        if not await self._lease.acquire_or_renew():
-            log.debug("poll org=%s skipped: another replica holds the lease", self.org_id)
-            return PollResult(skipped_not_leader=True, ms=self._ms_since(started))
+    async def plan(self) -> Plan:
+        """List the org's jobs, load the snapshot, diff: what a cycle would commit."""
         jobs = await self._timbal.list_jobs()
         previous = await self._snapshots.load()
         now = self._clock()
@@ -156,7 +189,19 @@ class Poller:
             vanish_grace=self._vanish_grace,
             alert_on_started=self._alert_on_started,
         )
-        committed = await self._outbox.commit(changes, now)
+        return Plan(jobs=jobs, changes=changes, now=now)
+
+    async def commit(self, plan: Plan) -> CommitResult:
+        """Snapshot and events in one atomic step (idempotent by event id)."""
+        return await self._outbox.commit(plan.changes, plan.now)
+
+    async def _cycle(self, started: float) -> PollResult:
+        if not await self._lease.acquire_or_renew():
+            log.debug("poll org=%s skipped: another replica holds the lease", self.org_id)
+            return PollResult(skipped_not_leader=True, ms=self._ms_since(started))
+        plan = await self.plan()
+        jobs, changes, now = plan.jobs, plan.changes, plan.now
+        committed = await self.commit(plan)
         await record_poll(self._redis, self._keys, now)
 
         enqueued = set(committed.enqueued)

@@ -13,7 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -100,7 +100,18 @@ class Runtime:
             settings=settings, timbal=self.timbal, classifier=self.classifier, metrics=self.metrics
         )
         self.app = self._build_app() if commands else None
-        self.poller = self._build_poller() if poller else None
+        self.poller = (
+            Poller.from_settings(
+                settings,
+                redis=self.redis,
+                timbal=self.timbal,
+                metrics=self.metrics,
+                holder=self.replica,
+                clock=clock,
+            )
+            if poller
+            else None
+        )
         self.notifier = self._build_notifier() if notifier else None
         self._socket: AsyncSocketModeHandler | None = None
         self.health = Health(
@@ -139,23 +150,6 @@ class Runtime:
         app.use(inject_services)
         register_handlers(app)
         return app
-
-    def _build_poller(self) -> Poller:
-        s = self.settings
-        return Poller(
-            redis=self.redis,
-            timbal=self.timbal,
-            keys=self.keys,
-            classifier=self.classifier,
-            org_id=s.timbal_org_id,
-            interval=s.poll_interval_seconds,
-            backfill=timedelta(seconds=s.backfill_seconds),
-            vanish_grace=timedelta(seconds=s.vanish_grace_seconds),
-            alert_on_started=s.alert_on_started,
-            metrics=self.metrics,
-            holder=self.replica,
-            clock=self.clock,
-        )
 
     def _build_notifier(self) -> Notifier:
         channel = self.settings.alert_channel
