@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help test check lint format typecheck run demo bench clean
+.PHONY: help test check lint format typecheck imports run demo bench clean
 
 help:
 	@echo "make demo   - run the whole bot against a simulated Timbal org and a local Slack stand-in"
 	@echo "make test   - run the whole test suite (starts its own redis-server)"
-	@echo "make check  - ruff (lint + format check) and mypy --strict"
+	@echo "make check  - ruff (lint + format check), mypy --strict and the import contracts"
 	@echo "make bench  - print benchmark figures"
 	@echo "make run    - run the bot with the settings in the environment (export .env first: set -a; . ./.env; set +a)"
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/pytest
 
-check: lint typecheck
+check: lint typecheck imports
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,6 +34,10 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# DESIGN.md's dependency rules (contracts in pyproject.toml)
+imports: $(STAMP)
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 run: $(STAMP)
 	$(BIN)/timbal-jobs-bot run

@@ -1,6 +1,6 @@
 """Benchmarks. Each prints a figure and its ratio to a baseline measured in the same run.
 
-- diff:     bot.diff.diff over N jobs   vs  the floor: classifying the same N jobs
+- diff:     bot.alerts.diff.diff over N jobs   vs  the floor: classifying the same N jobs
 - commit:   one poll cycle's storage work (load + diff + commit) on a real redis-server,
             100 vs 10,000 jobs: time and Redis commands per cycle (must not grow with jobs)
 - render:   the /jobs reply for 1,000 jobs  vs  json-serialising the 10 jobs it shows
@@ -21,16 +21,16 @@ import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
-from bot.config import load_settings
-from bot.diff import diff
-from bot.models import Job
-from bot.query import JobsQuery
-from bot.render.listing import render_jobs_listing
-from bot.runtime import running
+from bot.alerts.diff import diff
+from bot.app.config import load_settings
+from bot.app.runtime import running
+from bot.domain.models import Job
+from bot.domain.states import StateClassifier
+from bot.jobs.listing import render_jobs_listing
+from bot.jobs.query import JobsQuery
 from bot.sim.slack_api import FakeSlack
 from bot.sim.slash import sign, slash_command_body
 from bot.sim.timbal_api import FakeTimbal, make_job
-from bot.states import StateClassifier
 from storage.keys import Keys
 from storage.outbox import Outbox
 from storage.snapshots import SnapshotStore

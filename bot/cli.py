@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bot import __version__
-from bot.config import Settings, SettingsError, load_settings
-from bot.logs import setup_logging
+from bot.app.config import Settings, SettingsError, load_settings
+from bot.app.logs import setup_logging
 
 EXIT_CONFIG = 2
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bool) -> int:
-    from bot.runtime import Runtime, StartupError
+    from bot.app.runtime import Runtime, StartupError
 
     runtime = Runtime(settings, poller=poller, notifier=notifier, commands=commands)
     loop = asyncio.get_running_loop()
@@ -113,18 +113,13 @@ async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bo
 
 
 async def _check(settings: Settings) -> int:
-    from slack_sdk.web.async_client import AsyncWebClient
-
-    from bot.checks import run_checks
-    from bot.timbal import TimbalClient
-    from storage.connection import open_redis
+    from bot.app.checks import run_checks
+    from bot.app.runtime import build_redis, build_slack, build_timbal
 
     print("✓ settings: valid")
-    redis = open_redis(settings.redis_url)
-    timbal = TimbalClient.from_settings(settings, retries=0)
-    slack = AsyncWebClient(
-        token=settings.slack_bot_token.get_secret_value(), base_url=str(settings.slack_api_url)
-    )
+    redis = build_redis(settings)
+    timbal = build_timbal(settings, retries=0)
+    slack = build_slack(settings)
     try:
         results = await run_checks(settings, redis=redis, timbal=timbal, slack=slack)
     finally:
@@ -137,13 +132,14 @@ async def _check(settings: Settings) -> int:
 
 
 async def _jobs(settings: Settings, connector: str | None, state: str | None, limit: int) -> int:
-    from bot.query import JobsQuery
-    from bot.services import classifier_from
-    from bot.table import format_jobs_table
-    from bot.timbal import TimbalClient, TimbalError
+    from bot.app.runtime import build_timbal
+    from bot.app.services import classifier_from
+    from bot.jobs.query import JobsQuery
+    from bot.jobs.table import format_jobs_table
+    from bot.timbal import TimbalError
 
     classifier = classifier_from(settings)
-    timbal = TimbalClient.from_settings(settings)
+    timbal = build_timbal(settings)
     try:
         jobs = await timbal.list_jobs(connector)
     except TimbalError as exc:
@@ -168,16 +164,13 @@ async def _jobs(settings: Settings, connector: str | None, state: str | None, li
 async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
     from redis.exceptions import RedisError
 
-    from bot.metrics import Metrics
-    from bot.poller import Poller
-    from bot.timbal import TimbalClient, TimbalError
-    from storage.connection import open_redis
+    from bot.app.metrics import Metrics
+    from bot.app.runtime import build_poller, build_redis, build_timbal
+    from bot.timbal import TimbalError
 
-    redis = open_redis(settings.redis_url)
-    timbal = TimbalClient.from_settings(settings)
-    poller = Poller.from_settings(
-        settings, redis=redis, timbal=timbal, metrics=Metrics(), holder="cli"
-    )
+    redis = build_redis(settings)
+    timbal = build_timbal(settings)
+    poller = build_poller(settings, redis=redis, timbal=timbal, metrics=Metrics(), holder="cli")
     try:
         plan = await poller.plan()
         result = plan.changes
@@ -208,11 +201,11 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
 async def _dead_letters(settings: Settings, *, limit: int, replay: bool) -> int:
     from redis.exceptions import RedisError
 
-    from storage.connection import open_redis
+    from bot.app.runtime import build_redis
     from storage.dead_letters import DeadLetters
     from storage.keys import Keys
 
-    redis = open_redis(settings.redis_url)
+    redis = build_redis(settings)
     store = DeadLetters(redis, Keys(settings.redis_prefix, settings.timbal_org_id))
     try:
         letters = await store.read(limit)

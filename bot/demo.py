@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 
 import httpx
 
-from bot.config import SettingsError, load_settings
-from bot.logs import setup_logging
-from bot.runtime import Runtime
+from bot.app.config import SettingsError, load_settings
+from bot.app.logs import setup_logging
+from bot.app.runtime import Runtime
 from bot.sim.console import format_slack_call
 from bot.sim.simulator import SimulatedOrg
 from bot.sim.slack_api import Call, FakeSlack

@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import ResponseError, WatchError
 from redis.typing import EncodableT
 
-from bot.events import JobEvent
-from bot.models import Timestamp
+from bot.domain.events import JobEvent
+from bot.domain.models import Timestamp
 from storage.keys import Keys
 
 GROUP = "notifier"

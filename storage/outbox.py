@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from bot.diff import DiffResult
+from bot.domain.snapshot import DiffResult
 from storage.keys import Keys
 
 SEEN_EVENTS_RETENTION = timedelta(days=30)

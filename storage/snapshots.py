@@ -12,7 +12,7 @@ import logging
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from bot.diff import JobSnapshot
+from bot.domain.snapshot import JobSnapshot
 from storage.keys import Keys
 
 log = logging.getLogger(__name__)

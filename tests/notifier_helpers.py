@@ -12,11 +12,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.events import EventKind, JobEvent
-from bot.metrics import Metrics
-from bot.models import Job
-from bot.notify import Notifier
-from bot.routing import Router, single_channel_router
+from bot.alerts.notifier import Notifier
+from bot.alerts.route import Router, single_channel_router
+from bot.app.metrics import Metrics
+from bot.domain.events import EventKind, JobEvent
+from bot.domain.models import Job
 from storage.keys import Keys
 from tests.fakes import FakeSlack, make_job
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import strategies as st
 
-from bot.models import Job
+from bot.domain.models import Job
 
 NASTY = [
     "<!channel>",

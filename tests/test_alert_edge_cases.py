@@ -15,12 +15,13 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.diff import JobSnapshot, diff
-from bot.metrics import Metrics
-from bot.models import Job
-from bot.serve import serve
-from bot.slack_errors import DEFAULT_RETRY_AFTER, SlackFailure, Verdict, classify
-from bot.states import StateClassifier
+from bot.alerts.diff import diff
+from bot.alerts.slack_errors import DEFAULT_RETRY_AFTER, SlackFailure, Verdict, classify
+from bot.app.metrics import Metrics
+from bot.app.serve import serve
+from bot.domain.models import Job
+from bot.domain.snapshot import JobSnapshot
+from bot.domain.states import StateClassifier
 from tests.fakes import FakeSlack, make_job
 from tests.notifier_helpers import (
     counter,
@@ -141,10 +142,10 @@ async def test_job_ids_with_newlines_stay_on_one_log_line(
 ) -> None:
     hostile = job_event(1, id="j1\n12:00:00 CRITICAL forged line")
     await enqueue(redis_client, hostile)
-    caplog.set_level(logging.INFO, logger="bot.notify")
+    caplog.set_level(logging.INFO, logger="bot.alerts.notifier")
     async with running(make_notifier(redis_client, fake_slack)):
         await wait_until(lambda: outbox_empty(redis_client), within=10, what="delivered")
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("bot.notify")]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("bot.alerts.notifier")]
     assert any(line.startswith("alert sent") for line in lines)
     assert all("\n" not in line for line in lines), lines
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from bot.config import load_settings
-from bot.runtime import running
+from bot.app.config import load_settings
+from bot.app.runtime import running
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.waiting import wait_until
 

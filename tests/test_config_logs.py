@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from bot.config import SettingsError, SlackMode, load_settings
-from bot.logs import REDACTED, JsonFormatter, RedactSecrets
+from bot.app.config import SettingsError, SlackMode, load_settings
+from bot.app.logs import REDACTED, JsonFormatter, RedactSecrets
 
 BASE = {
     "timbal_api_key": "tbl-secret-key-123",

@@ -17,7 +17,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.render.common import code, date_token, escape
+from bot.blockkit import code, date_token, escape
 from bot.sim.console import block_lines, format_slack_call, mrkdwn_lines, mrkdwn_to_text
 from bot.sim.slack_api import Call
 

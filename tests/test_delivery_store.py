@@ -8,8 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bot.events import EventKind, JobEvent
-from bot.models import Job
+from bot.domain.events import EventKind, JobEvent
+from bot.domain.models import Job
 from storage.delivery import (
     GROUP,
     Claim,

@@ -30,7 +30,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.app.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_SCOPES = {"commands", "chat:write", "chat:write.public", "channels:history"}

@@ -1,4 +1,4 @@
-"""bot.diff: every transition by table, and properties over random listings."""
+"""bot.alerts.diff: every transition by table, and properties over random listings."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.diff import DiffResult, JobSnapshot, diff
-from bot.events import EventKind
-from bot.models import Job
-from bot.states import StateClass, StateClassifier
+from bot.alerts.diff import diff
+from bot.domain.events import EventKind
+from bot.domain.models import Job
+from bot.domain.snapshot import DiffResult, JobSnapshot
+from bot.domain.states import StateClass, StateClassifier
 from tests.fakes import make_job
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from slack_sdk.webhook import WebhookResponse
 
-from bot.config import load_settings
-from bot.render.listing import RenderedMessage
-from bot.runtime import Runtime, running
+from bot.app.config import load_settings
+from bot.app.runtime import Runtime, running
+from bot.jobs.listing import RenderedMessage
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 from handlers import SORRY
 from handlers.commands.jobs import ReplyFailed, describe_failure, reply

@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.events import EventKind
-from bot.metrics import Metrics
-from bot.notify import Notifier
-from bot.render.alerts import render_alert
-from bot.routing import route, single_channel_router
-from bot.slack_post import EVENT_TYPE, alert_metadata
+from bot.alerts.notifier import Notifier
+from bot.alerts.render import render_alert
+from bot.alerts.route import route, single_channel_router
+from bot.alerts.send import EVENT_TYPE, alert_metadata
+from bot.app.metrics import Metrics
+from bot.domain.events import EventKind
 from storage.delivery import DeliveryRecord, DeliveryState, DeliveryStore, record_field
 from tests.fakes import FakeSlack
 from tests.notifier_helpers import (

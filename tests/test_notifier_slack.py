@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-import bot.slack_post
-from bot.events import EventKind
-from bot.metrics import Metrics
-from bot.render.alerts import render_alert, render_plain
-from bot.render.common import MAX_SECTION_TEXT
+import bot.alerts.send
+from bot.alerts.render import render_alert, render_plain
+from bot.app.metrics import Metrics
+from bot.blockkit import MAX_SECTION_TEXT
+from bot.domain.events import EventKind
 from bot.sim.slack_api import block_errors
 from tests.fakes import FakeSlack
 from tests.notifier_helpers import (
@@ -247,7 +247,7 @@ async def test_a_rendering_bug_does_not_hold_the_channel(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in rendering")
 
-    monkeypatch.setattr("bot.deliver.render_alert", broken)
+    monkeypatch.setattr("bot.alerts.deliver.render_alert", broken)
     events = [job_event(1, connector_id="<!channel> pg")]
     await enqueue(redis_client, *events)
     notifier = make_notifier(redis_client, fake_slack)
@@ -277,14 +277,14 @@ async def test_an_entry_that_keeps_hitting_a_bug_is_dead_lettered_and_the_queue_
     redis_client: aioredis.Redis, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     poison, fine = job_event(1), job_event(2)
-    real = bot.slack_post.alert_metadata
+    real = bot.alerts.send.alert_metadata
 
     def metadata(event_ids: list[str]) -> dict[str, Any]:
         if poison.event_id in event_ids:
             raise RuntimeError("a bug that only this event triggers")
         return real(event_ids)
 
-    monkeypatch.setattr("bot.deliver.alert_metadata", metadata)
+    monkeypatch.setattr("bot.alerts.deliver.alert_metadata", metadata)
     await enqueue(redis_client, poison, fine)
     async with running(make_notifier(redis_client, fake_slack)):
         await wait_until(lambda: outbox_empty(redis_client), within=15, what="queue moved on")

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import SettingsError, load_settings
-from bot.models import Job
-from bot.services import classifier_from
-from bot.table import format_jobs_table
+from bot.app.config import SettingsError, load_settings
+from bot.app.services import classifier_from
+from bot.domain.models import Job
+from bot.jobs.table import format_jobs_table
 from tests.fakes import FakeSlack
 from tests.test_deploy_files import compose_bot_check, dockerfile_check
 

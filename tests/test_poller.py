@@ -1,4 +1,4 @@
-"""bot.poller: full cycles against real Redis (and fakeredis), racing replicas, the lease,
+"""bot.alerts.poller: full cycles against real Redis (and fakeredis), racing replicas, the lease,
 round trips, and run_forever's schedule, back-off and shutdown (with an injected clock)."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.events import JobEvent
-from bot.metrics import Metrics
-from bot.models import Job
-from bot.poller import Poller, PollResult, outcome_of
-from bot.states import StateClassifier
+from bot.alerts.poller import Poller, PollResult, outcome_of
+from bot.app.metrics import Metrics
+from bot.domain.events import JobEvent
+from bot.domain.models import Job
+from bot.domain.states import StateClassifier
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 from storage.heartbeat import last_poll
 from storage.keys import Keys
@@ -139,7 +139,7 @@ async def test_baseline_posts_nothing(r: aioredis.Redis, caplog: pytest.LogCaptu
     timbal.upsert("old-failure", state="failed", finished_at=(T0 - timedelta(hours=1)).isoformat())
     timbal.upsert("busy", state="running")
     metrics = Metrics()
-    with caplog.at_level(logging.INFO, logger="bot.poller"):
+    with caplog.at_level(logging.INFO, logger="bot.alerts.poller"):
         result = await make_poller(r, timbal, metrics=metrics).run_once()
     assert result.baseline is True
     assert (result.jobs, result.events, result.enqueued, result.duplicates) == (2, 0, 0, 0)
@@ -151,7 +151,7 @@ async def test_baseline_posts_nothing(r: aioredis.Redis, caplog: pytest.LogCaptu
     assert polls(metrics, "ok") == 1
     assert metrics.registry.get_sample_value("tjb_jobs_seen") == 2
     assert metrics.registry.get_sample_value("tjb_poll_duration_seconds_count") == 1
-    [line] = [rec.getMessage() for rec in caplog.records if rec.name == "bot.poller"]
+    [line] = [rec.getMessage() for rec in caplog.records if rec.name == "bot.alerts.poller"]
     assert line.startswith(
         f"poll org={ORG} jobs=2 events=0 enqueued=0 duplicates=0 removed=0 baseline=yes ms="
     )

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.models import Job
-from bot.query import (
+from bot.domain.models import Job
+from bot.domain.states import StateClassifier
+from bot.jobs.query import (
     DEFAULT_LIMIT,
     MAX_CONNECTOR_LENGTH,
     MAX_LIMIT,
@@ -19,7 +20,6 @@ from bot.query import (
     QueryError,
     parse_jobs_command,
 )
-from bot.states import StateClassifier
 from tests.fakes import make_job
 
 

@@ -12,9 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block
 
-from bot.events import EventKind, JobEvent
-from bot.models import Job
-from bot.render.alerts import (
+from bot.alerts.render import (
     CHUNK_CHARS,
     MAX_MESSAGE_TEXT,
     MAX_THREAD_CHUNKS,
@@ -30,7 +28,7 @@ from bot.render.alerts import (
     split_chunks,
     with_mention,
 )
-from bot.render.common import (
+from bot.blockkit import (
     MAX_BLOCKS,
     MAX_FALLBACK_TEXT,
     MAX_FIELD_TEXT,
@@ -39,6 +37,8 @@ from bot.render.common import (
     MAX_SECTION_TEXT,
     escape,
 )
+from bot.domain.events import EventKind, JobEvent
+from bot.domain.models import Job
 from bot.sim.slack_api import block_errors
 from tests.fakes import make_job
 from tests.strategies import any_stamps, hostile_jobs

@@ -12,18 +12,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, ContextBlock, HeaderBlock, SectionBlock
 
-from bot.models import Job
-from bot.query import MAX_LIMIT, USAGE, JobsQuery
-from bot.render.common import MAX_BLOCKS, MAX_SECTION_TEXT, clip, date_token, fit_blocks
-from bot.render.listing import (
+from bot.blockkit import MAX_BLOCKS, MAX_SECTION_TEXT, clip, date_token, fit_blocks
+from bot.domain.models import Job
+from bot.domain.states import StateClass, StateClassifier
+from bot.jobs.listing import (
     RenderedMessage,
     render_error,
     render_jobs_listing,
     render_usage,
     state_counts,
 )
+from bot.jobs.query import MAX_LIMIT, USAGE, JobsQuery
 from bot.sim.slack_api import block_errors
-from bot.states import StateClass, StateClassifier
 from tests.fakes import make_job
 from tests.strategies import any_stamps, hostile_jobs, nasty_text
 

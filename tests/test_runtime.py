@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bot.config import load_settings
-from bot.runtime import Runtime, StartupError, running
+from bot.app.config import load_settings
+from bot.app.runtime import Runtime, StartupError, running
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import post, slash_command
 

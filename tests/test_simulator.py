@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.models import Job
+from bot.domain.models import Job
+from bot.domain.states import StateClass, StateClassifier
 from bot.sim import failures
 from bot.sim.simulator import DEFAULT_CONNECTORS, Connector, SimulatedOrg
 from bot.sim.timbal_api import FakeTimbal
-from bot.states import StateClass, StateClassifier
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 ACTIVE = {"queued", "running"}

@@ -11,8 +11,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.slack_errors import DEFAULT_RETRY_AFTER, Scope, SlackFailure, Verdict, classify
-from bot.slack_post import EVENT_TYPE, AlertPoster, alert_metadata, posted_event_ids
+from bot.alerts.send import EVENT_TYPE, AlertPoster, alert_metadata, posted_event_ids
+from bot.alerts.slack_errors import DEFAULT_RETRY_AFTER, Scope, SlackFailure, Verdict, classify
 
 
 def api_error(status: int, data: Any, headers: dict[str, str] | None = None) -> SlackApiError:

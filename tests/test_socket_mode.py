@@ -18,8 +18,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings, load_settings
-from bot.runtime import Runtime, StartupError, running
+from bot.app.config import Settings, load_settings
+from bot.app.runtime import Runtime, StartupError, running
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.proc import clean_env, run_cli

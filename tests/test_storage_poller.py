@@ -11,10 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from bot.diff import DiffResult, JobSnapshot, diff
-from bot.events import JobEvent
-from bot.models import Job
-from bot.states import StateClassifier
+from bot.alerts.diff import diff
+from bot.domain.events import JobEvent
+from bot.domain.models import Job
+from bot.domain.snapshot import DiffResult, JobSnapshot
+from bot.domain.states import StateClassifier
 from storage.keys import Keys
 from storage.outbox import SEEN_EVENTS_RETENTION, Outbox
 from storage.snapshots import SnapshotStore

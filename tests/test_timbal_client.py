@@ -17,8 +17,9 @@ import pytest
 from pydantic import SecretStr
 
 from bot import __version__
-from bot.config import load_settings
-from bot.models import Job
+from bot.app.config import load_settings
+from bot.app.runtime import build_timbal
+from bot.domain.models import Job
 from bot.timbal import (
     MAX_BODY_BYTES,
     MAX_ERROR_BODY_BYTES,
@@ -207,11 +208,11 @@ async def test_a_malformed_item_is_skipped_and_logged(
     logged_field: str,
 ) -> None:
     good1, good2 = make_job("g1"), make_job("g2")
-    with caplog.at_level(logging.WARNING, logger="bot.timbal"):
+    with caplog.at_level(logging.WARNING, logger="bot.timbal.client"):
         result = await connect(Server([listing(good1, bad, good2)])).list_jobs_detailed()
     assert [job.id for job in result.jobs] == ["g1", "g2"]
     assert result.skipped == 1
-    (record,) = [r for r in caplog.records if r.name == "bot.timbal"]
+    (record,) = [r for r in caplog.records if r.name == "bot.timbal.client"]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert f"item 1 (id={logged_id})" in message
@@ -227,7 +228,7 @@ async def test_a_listing_of_only_malformed_items_is_a_bad_response(connect: Conn
 
 def test_parse_listing_is_pure_and_redacts_what_it_logs(caplog: pytest.LogCaptureFixture) -> None:
     payload = {"jobs": [make_job("ok"), {"id": "leaked-key"}]}
-    with caplog.at_level(logging.WARNING, logger="bot.timbal"):
+    with caplog.at_level(logging.WARNING, logger="bot.timbal.client"):
         result = parse_listing(payload, redact=lambda s: s.replace("leaked-key", "***"))
     assert [j.id for j in result.jobs] == ["ok"] and result.skipped == 1
     assert "leaked-key" not in caplog.text and "id='***'" in caplog.text
@@ -416,7 +417,7 @@ HUGE_PAGE = "<html><title>Oops</title>" + "<p>stack frame</p>" * 200_000 + "</ht
 async def test_a_huge_html_page_is_logged_as_a_short_excerpt(
     connect: Connect, caplog: pytest.LogCaptureFixture, status: int, error: type[TimbalError]
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="bot.timbal"), pytest.raises(error) as caught:
+    with caplog.at_level(logging.DEBUG, logger="bot.timbal.client"), pytest.raises(error) as caught:
         await connect(Server([raw(HUGE_PAGE, status)])).list_jobs()
     assert "<html" not in caught.value.reason and "stack frame" not in str(caught.value)
     excerpts = [r.getMessage() for r in caplog.records if "<html>" in r.getMessage()]
@@ -626,14 +627,14 @@ async def test_a_slow_fake_timbal_is_a_real_read_timeout(
     settings = load_settings(timbal_timeout_seconds=0.2)
     sleeps = Sleeps()
     with caplog.at_level(logging.DEBUG):
-        async with TimbalClient.from_settings(settings, retries=1, sleep=sleeps) as client:
+        async with build_timbal(settings, retries=1, sleep=sleeps) as client:
             with pytest.raises(TimbalUnavailable, match="did not answer in time") as caught:
                 await client.list_jobs()
     assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
     assert len(sleeps.delays) == 1
     assert fake_timbal.api_key not in caplog.text
     fake_timbal.delay = 0.0
-    async with TimbalClient.from_settings(settings) as client:
+    async with build_timbal(settings) as client:
         assert [j.id for j in await client.list_jobs()] == ["j1"]
 
 
@@ -642,7 +643,7 @@ async def test_a_fake_timbal_that_refuses_the_org_is_an_auth_error(
 ) -> None:
     settings = load_settings(timbal_org_id="someone_else")
     sleeps = Sleeps()
-    async with TimbalClient.from_settings(settings, sleep=sleeps) as client:
+    async with build_timbal(settings, sleep=sleeps) as client:
         with pytest.raises(TimbalAuthError) as caught:
             await client.list_jobs()
     assert caught.value.status == 403 and "someone_else" in caught.value.reason

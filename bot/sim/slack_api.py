@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.serve import serve
+from bot.app.serve import serve
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 
 # Slack's documented limits, written here again on purpose: the fake is the oracle the

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
-from bot.serve import serve
+from bot.app.serve import serve
 from bot.sim.slash import slash_command_body
 
 DEFAULT_APP_TOKEN = "xapp-1-A0APP-1-test-app-token"  # noqa: S105 - a fake's fixed credential

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.serve import serve
+from bot.app.serve import serve
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
-from bot.query import HelpRequest, QueryError, parse_jobs_command
-from bot.render.listing import RenderedMessage, render_error, render_jobs_listing, render_usage
-from bot.services import Services
+from bot.app.services import Services
+from bot.jobs.listing import RenderedMessage, render_error, render_jobs_listing, render_usage
+from bot.jobs.query import HelpRequest, QueryError, parse_jobs_command
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 
 log = logging.getLogger(__name__)

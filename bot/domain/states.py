@@ -11,8 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.config import DEFAULT_CANCELLED_STATES, DEFAULT_FAILURE_STATES, DEFAULT_SUCCESS_STATES
-from bot.models import Job
+from bot.domain.models import Job
+
+DEFAULT_FAILURE_STATES = frozenset(
+    {
+        "failed",
+        "failure",
+        "error",
+        "errored",
+        "timed_out",
+        "timeout",
+        "aborted",
+        "crashed",
+        "killed",
+    }
+)
+DEFAULT_CANCELLED_STATES = frozenset({"cancelled", "canceled"})
+DEFAULT_SUCCESS_STATES = frozenset(
+    {"succeeded", "success", "successful", "completed", "complete", "done", "finished"}
+)
 
 
 class StateClass(StrEnum):

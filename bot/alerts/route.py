@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from bot.events import JobEvent
+from bot.domain.events import JobEvent
 
 
 class Router(Protocol):

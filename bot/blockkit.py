@@ -19,8 +19,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.models import Job
-from bot.states import StateClass
+from bot.domain.models import Job
+from bot.domain.states import StateClass
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from bot.models import Job
-from bot.render.common import elapsed_ms, fmt_count, fmt_duration_ms, fmt_rate
-from bot.states import StateClassifier
+from bot.blockkit import elapsed_ms, fmt_count, fmt_duration_ms, fmt_rate
+from bot.domain.models import Job
+from bot.domain.states import StateClassifier
 
 COLUMNS = ("STATE", "CONNECTOR", "TABLE", "MODE", "ROWS", "ROWS/S", "DURATION", "CREATED (UTC)")
 MAX_CELL = 40

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.models import Job
-from bot.states import StateClass, StateClassifier
+from bot.domain.models import Job
+from bot.domain.states import StateClass, StateClassifier
 
 DEFAULT_LIMIT = 10
 MIN_LIMIT = 1

@@ -17,7 +17,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bot.metrics import Metrics
+from bot.app.metrics import Metrics
 from storage.heartbeat import last_poll
 from storage.keys import Keys
 

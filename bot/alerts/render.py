@@ -1,7 +1,7 @@
 """Alert messages: one job's transition, a digest of many, and the plain-text fallback.
 
 Pure: the clock comes in as `now`. Every API string is escaped and clipped *after* escaping
-(`bot.render.listing.clip`), code spans and blocks never contain a backtick (it is replaced,
+(`bot.jobs.listing.clip`), code spans and blocks never contain a backtick (it is replaced,
 so nothing can break out), and `fit_blocks` is the last guard before slack_sdk's validation,
 so every message is within Block Kit's limits whatever the API sent.
 
@@ -26,9 +26,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.events import EventKind, JobEvent
-from bot.models import Job
-from bot.render.common import (
+from bot.blockkit import (
     MAX_BLOCKS,
     MAX_FALLBACK_TEXT,
     MAX_HEADER_TEXT,
@@ -45,6 +43,8 @@ from bot.render.common import (
     mrkdwn,
     truncate,
 )
+from bot.domain.events import EventKind, JobEvent
+from bot.domain.models import Job
 
 MAX_MESSAGE_TEXT = 40_000  # Slack's limit for a message's top-level `text`
 ID_CHARS = 80

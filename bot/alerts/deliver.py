@@ -1,5 +1,5 @@
 """Delivering one channel's share of a batch: pause and pace, digest or not, claim, look for an
-earlier post, post, record; retry, back off or dead-letter. Used by `bot.notify.Notifier`.
+earlier post, post, record; retry, back off or dead-letter. Used by `bot.alerts.notifier.Notifier`.
 
 Within a channel, stream order holds: the head of the queue goes first, and when it cannot go
 (paused, paced, busy at another consumer, failing) nothing after it goes either.
@@ -14,11 +14,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from itertools import takewhile
 
-from bot.events import EventKind, JobEvent
-from bot.metrics import Metrics
-from bot.render.alerts import render_alert, render_digest, render_minimal, with_mention
-from bot.slack_errors import Scope, SlackFailure, Verdict, classify
-from bot.slack_post import AlertPoster, alert_metadata
+from bot.alerts.render import render_alert, render_digest, render_minimal, with_mention
+from bot.alerts.send import AlertPoster, alert_metadata
+from bot.alerts.slack_errors import Scope, SlackFailure, Verdict, classify
+from bot.app.metrics import Metrics
+from bot.domain.events import EventKind, JobEvent
 from storage.delivery import (
     Claim,
     DeliveryRecord,
@@ -28,7 +28,7 @@ from storage.delivery import (
     Pair,
 )
 
-log = logging.getLogger("bot.notify")
+log = logging.getLogger("bot.alerts.notifier")
 
 HINTS = {
     Scope.CHANNEL: "invite the bot to the channel or fix the channel id",

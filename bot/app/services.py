@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from bot.config import Settings
-from bot.metrics import Metrics
-from bot.models import Job
-from bot.states import StateClassifier
-
-
-class JobsSource(Protocol):
-    async def list_jobs(self, connector_id: str | None = None) -> list[Job]: ...
+from bot.app.config import Settings
+from bot.app.metrics import Metrics
+from bot.domain.states import StateClassifier
+from bot.timbal import JobsSource
 
 
 @dataclass(frozen=True, slots=True)

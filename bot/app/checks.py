@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings, SlackMode
-from bot.slack_errors import error_code
+from bot.alerts.slack_errors import error_code
+from bot.app.config import Settings, SlackMode
 from bot.timbal import TimbalClient, TimbalError
 
 MIN_REDIS = (6, 2)  # XAUTOCLAIM and GETDEL arrived in 6.2

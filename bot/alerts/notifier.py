@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.deliver import (
+from bot.alerts.deliver import (
     MAX_BUG_STRIKES,
     ChannelDelivery,
     DeliveryPolicy,
@@ -44,9 +44,9 @@ from bot.deliver import (
     is_open,
     sid,
 )
-from bot.metrics import Metrics
-from bot.routing import Router, distinct_channels
-from bot.slack_post import AlertPoster
+from bot.alerts.route import Router, distinct_channels
+from bot.alerts.send import AlertPoster
+from bot.app.metrics import Metrics
 from storage.delivery import DeliveryStore, OutboxEntry, Pair
 from storage.keys import Keys
 

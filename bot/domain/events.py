@@ -11,8 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from bot.models import Job, Timestamp
-from bot.states import StateClass
+from bot.domain.models import Job, Timestamp
+from bot.domain.states import StateClass
 
 
 class EventKind(StrEnum):

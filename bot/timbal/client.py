@@ -7,12 +7,7 @@ jitter, honouring `Retry-After` (capped). Bodies are read with a bound. Items th
 whose items are *all* malformed is a contract break and raises `TimbalBadResponse` (an empty
 answer would read as "no jobs" to users and as "every job vanished" to the poller).
 
-Exceptions (`.reason` is short, safe to show a user, and never holds the API key):
-
-    TimbalError
-    ├── TimbalAuthError    401 (key rejected) or 403 (key cannot list this org); `.status`
-    ├── TimbalUnavailable  timeout, connection error, 5xx or 429, after the retries; `.status`
-    └── TimbalBadResponse  not JSON, wrong shape, too large, or another status (404, 3xx…)
+Errors: see `bot.timbal.errors`.
 """
 
 from __future__ import annotations
@@ -25,15 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr, ValidationError
 
 from bot import __version__
-from bot.config import Settings
-from bot.models import Job
+from bot.domain.models import Job
+from bot.timbal.errors import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +40,6 @@ RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 
 HEADERS = {"Accept": "application/json", "User-Agent": f"timbal-jobs-bot/{__version__}"}
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class TimbalError(Exception):
-    """Listing jobs failed; `reason` is one short sentence, safe to show a user."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-class TimbalAuthError(TimbalError):
-    """401: the API key was rejected. 403: the key cannot list jobs for the org."""
-
-    status: int
-
-    def __init__(self, reason: str, *, status: int) -> None:
-        super().__init__(reason, status=status)
-
-
-class TimbalUnavailable(TimbalError):
-    """Timbal did not answer usefully (timeout, connection, 5xx, 429) after the retries."""
-
-
-class TimbalBadResponse(TimbalError):
-    """Timbal answered, but not with the documented listing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +96,12 @@ async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bo
     return bytes(body), False
 
 
+class JobsSource(Protocol):
+    """Anything that lists the org's jobs (the client, or a test double)."""
+
+    async def list_jobs(self, connector_id: str | None = None) -> list[Job]: ...
+
+
 class TimbalClient:
     def __init__(
         self,
@@ -156,27 +131,6 @@ class TimbalClient:
         self._sleep = sleep
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=self._timeout)
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        http: httpx.AsyncClient | None = None,
-        retries: int = 2,
-        backoff: float = 0.25,
-        sleep: Sleep = asyncio.sleep,
-    ) -> TimbalClient:
-        return cls(
-            base_url=str(settings.timbal_api_url),
-            api_key=settings.timbal_api_key,
-            org_id=settings.timbal_org_id,
-            http=http,
-            timeout=settings.timbal_timeout_seconds,
-            retries=retries,
-            backoff=backoff,
-            sleep=sleep,
-        )
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it (an injected one is the caller's)."""

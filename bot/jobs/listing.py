@@ -25,9 +25,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.models import Job
-from bot.query import MAX_LIMIT, USAGE, JobsQuery
-from bot.render.common import (
+from bot.blockkit import (
     MAX_BLOCKS,
     MAX_FALLBACK_TEXT,
     MAX_HEADER_TEXT,
@@ -45,7 +43,9 @@ from bot.render.common import (
     state_emoji,
     truncate,
 )
-from bot.states import StateClass, StateClassifier
+from bot.domain.models import Job
+from bot.domain.states import StateClass, StateClassifier
+from bot.jobs.query import MAX_LIMIT, USAGE, JobsQuery
 
 CLASS_ORDER = (
     StateClass.FAILED,

@@ -1,7 +1,7 @@
 """The notifier's Slack calls: post an alert (with one plain-text retry), post a thread reply,
 find our earlier posts of given events in a channel's history.
 
-Failures come back as `SlackFailure` values (see `bot.slack_errors`), never as exceptions,
+Failures come back as `SlackFailure` values (see `bot.alerts.slack_errors`), never as exceptions,
 except for errors that are not Slack's (bugs), which propagate.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.render.alerts import AlertMessage, render_plain
-from bot.slack_errors import SlackFailure, Verdict, classify
+from bot.alerts.render import AlertMessage, render_plain
+from bot.alerts.slack_errors import SlackFailure, Verdict, classify
 
 log = logging.getLogger(__name__)
 

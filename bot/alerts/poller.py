@@ -28,13 +28,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.config import Settings
-from bot.diff import DiffResult, diff
-from bot.metrics import Metrics
-from bot.models import Job
-from bot.services import JobsSource, classifier_from
-from bot.states import StateClassifier
-from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from bot.alerts.diff import diff
+from bot.app.metrics import Metrics
+from bot.domain.models import Job
+from bot.domain.snapshot import DiffResult
+from bot.domain.states import StateClassifier
+from bot.timbal import (
+    JobsSource,
+    TimbalAuthError,
+    TimbalBadResponse,
+    TimbalError,
+    TimbalUnavailable,
+)
 from storage.heartbeat import record_poll
 from storage.keys import Keys
 from storage.lease import LEASE_TTL_INTERVALS, PollerLease
@@ -95,32 +100,6 @@ class Plan:
 
 
 class Poller:
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        redis: aioredis.Redis,
-        timbal: JobsSource,
-        metrics: Metrics,
-        holder: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> Poller:
-        return cls(
-            redis=redis,
-            timbal=timbal,
-            keys=Keys(settings.redis_prefix, settings.timbal_org_id),
-            classifier=classifier_from(settings),
-            org_id=settings.timbal_org_id,
-            interval=settings.poll_interval_seconds,
-            backfill=timedelta(seconds=settings.backfill_seconds),
-            vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
-            alert_on_started=settings.alert_on_started,
-            metrics=metrics,
-            holder=holder,
-            clock=clock,
-        )
-
     def __init__(
         self,
         *,

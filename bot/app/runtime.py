@@ -13,10 +13,11 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import httpx
 import redis.asyncio as aioredis
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -29,16 +30,16 @@ from slack_bolt.middleware.authorization.async_single_team_authorization import 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings, SlackMode
-from bot.health import Health
-from bot.metrics import Metrics
-from bot.notify import Notifier
-from bot.poller import Poller
-from bot.routing import route
-from bot.serve import serve
-from bot.services import Services, classifier_from
-from bot.slack_errors import TOKEN_ERRORS, error_code
-from bot.timbal import TimbalClient
+from bot.alerts.notifier import Notifier
+from bot.alerts.poller import Poller
+from bot.alerts.route import route
+from bot.alerts.slack_errors import TOKEN_ERRORS, error_code
+from bot.app.config import Settings, SlackMode
+from bot.app.health import Health
+from bot.app.metrics import Metrics
+from bot.app.serve import serve
+from bot.app.services import Services, classifier_from
+from bot.timbal import JobsSource, TimbalClient
 from handlers import register_handlers
 from storage.connection import open_redis
 from storage.keys import Keys
@@ -67,6 +68,64 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+# --- factories: the only place clients and workers are built from Settings -----------------
+def build_timbal(
+    settings: Settings,
+    *,
+    http: httpx.AsyncClient | None = None,
+    retries: int = 2,
+    backoff: float = 0.25,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> TimbalClient:
+    return TimbalClient(
+        base_url=str(settings.timbal_api_url),
+        api_key=settings.timbal_api_key,
+        org_id=settings.timbal_org_id,
+        http=http,
+        timeout=settings.timbal_timeout_seconds,
+        retries=retries,
+        backoff=backoff,
+        sleep=sleep,
+    )
+
+
+def build_slack(settings: Settings, *, timeout: int = 15) -> AsyncWebClient:
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=str(settings.slack_api_url),
+        timeout=timeout,
+    )
+
+
+def build_redis(settings: Settings) -> aioredis.Redis:
+    return open_redis(settings.redis_url)
+
+
+def build_poller(
+    settings: Settings,
+    *,
+    redis: aioredis.Redis,
+    timbal: JobsSource,
+    metrics: Metrics,
+    holder: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Poller:
+    return Poller(
+        redis=redis,
+        timbal=timbal,
+        keys=Keys(settings.redis_prefix, settings.timbal_org_id),
+        classifier=classifier_from(settings),
+        org_id=settings.timbal_org_id,
+        interval=settings.poll_interval_seconds,
+        backfill=timedelta(seconds=settings.backfill_seconds),
+        vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
+        alert_on_started=settings.alert_on_started,
+        metrics=metrics,
+        holder=holder,
+        clock=clock,
+    )
+
+
 class Runtime:
     """One process of the bot. `start()` brings it up; `close()` takes it down in reverse."""
 
@@ -88,20 +147,16 @@ class Runtime:
         self.keys = Keys(settings.redis_prefix, settings.timbal_org_id)
         self.stop_event = asyncio.Event()
         self._own_redis = redis is None
-        self.redis: aioredis.Redis = redis if redis is not None else open_redis(settings.redis_url)
-        self.timbal = TimbalClient.from_settings(settings)
-        self.slack = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=str(settings.slack_api_url),
-            timeout=15,
-        )
+        self.redis: aioredis.Redis = redis if redis is not None else build_redis(settings)
+        self.timbal = build_timbal(settings)
+        self.slack = build_slack(settings)
         self.classifier = classifier_from(settings)
         self.services = Services(
             settings=settings, timbal=self.timbal, classifier=self.classifier, metrics=self.metrics
         )
         self.app = self._build_app() if commands else None
         self.poller = (
-            Poller.from_settings(
+            build_poller(
                 settings,
                 redis=self.redis,
                 timbal=self.timbal,

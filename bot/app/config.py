@@ -23,22 +23,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
 
-DEFAULT_FAILURE_STATES = frozenset(
-    {
-        "failed",
-        "failure",
-        "error",
-        "errored",
-        "timed_out",
-        "timeout",
-        "aborted",
-        "crashed",
-        "killed",
-    }
-)
-DEFAULT_CANCELLED_STATES = frozenset({"cancelled", "canceled"})
-DEFAULT_SUCCESS_STATES = frozenset(
-    {"succeeded", "success", "successful", "completed", "complete", "done", "finished"}
+from bot.domain.states import (
+    DEFAULT_CANCELLED_STATES,
+    DEFAULT_FAILURE_STATES,
+    DEFAULT_SUCCESS_STATES,
 )
 
 StateSet = Annotated[frozenset[str], NoDecode]
