@@ -165,12 +165,15 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
     from redis.exceptions import RedisError
 
     from bot.app.metrics import Metrics
-    from bot.app.runtime import build_poller, build_redis, build_timbal
+    from bot.app.runtime import build_identity, build_poller, build_redis, build_timbal
     from bot.timbal import TimbalError
 
     redis = build_redis(settings)
     timbal = build_timbal(settings)
-    poller = build_poller(settings, redis=redis, timbal=timbal, metrics=Metrics(), holder="cli")
+    identity = build_identity(settings)
+    poller = build_poller(
+        settings, redis=redis, timbal=timbal, metrics=Metrics(), identity=identity
+    )
     try:
         plan = await poller.plan()
         result = plan.changes
@@ -211,8 +214,9 @@ async def _dead_letters(settings: Settings, *, limit: int, replay: bool) -> int:
         letters = await store.read(limit)
         for letter in letters:
             detail = f" ({letter.detail})" if letter.detail else ""
+            when = f"{letter.at:%Y-%m-%d %H:%M:%S}Z"
             print(
-                f"{letter.at}  {letter.reason:<20} channel={letter.channel or '-'} "
+                f"{when}  {letter.reason:<20} channel={letter.channel or '-'} "
                 f"event={letter.event_id!r}{detail}"
             )
         print(f"{len(letters)} dead letter(s)")

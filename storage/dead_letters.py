@@ -1,19 +1,40 @@
-"""The dead-letter stream, for operators: list what could not be delivered, and replay it.
+"""The dead-letter stream: actions that could not be delivered, for operators to see and replay.
 
-A replay puts the event back in the outbox as a new entry and forgets the dead-lettered
-delivery record of that (event, channel), in one MULTI per letter; records of channels that
-did get the alert stay `sent`, so a replay never posts to them twice.
+One letter per action (`Keys.dead_letter`, capped with MAXLEN ~): the reason (Slack's error
+code, `bot_error` for a quarantined action, `malformed` for an unreadable entry), the event,
+the channel and the action id. A replay puts each event back in the outbox as a new entry and
+forgets the dead records of its letters' actions, in one script per event; actions that did
+go out stay `sent`, so a replay never posts them twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
-from storage.delivery import DeliveryState, parse_entries, parse_record, record_field
+from storage.connection import Redis
+from storage.consumer import parse_entries
 from storage.keys import Keys
+from storage.lua import script
+
+DEAD_LETTER_MAXLEN = 10_000
+
+# KEYS: outbox, dead letters, actions; ARGV: event id, event JSON, n letters, letter ids...,
+# action ids... (dead or skipped records of those actions are forgotten)
+REPLAY = script("""
+local n = tonumber(ARGV[3])
+for i = 1, n do redis.call('XDEL', KEYS[2], ARGV[3 + i]) end
+for i = 4 + n, #ARGV do
+  local rec = decode(redis.call('HGET', KEYS[3], ARGV[i]))
+  if rec and (rec.state == 'dead' or rec.state == 'skipped') then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+return redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'event', ARGV[2])
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +43,52 @@ class DeadLetter:
     event_id: str
     event: str  # the JobEvent JSON, as the outbox held it ("" when the entry was malformed)
     channel: str
+    action_id: str
     reason: str
     detail: str
-    at: str
+
+    @property
+    def at(self) -> datetime:
+        """When it was dead-lettered (the stream id's Redis time)."""
+        return datetime.fromtimestamp(int(self.id.split("-", 1)[0]) / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """What goes into the stream."""
+
+    entry_id: str
+    event_id: str
+    event: str
+    channel: str
+    action_id: str
+    reason: str
+    detail: str = ""
+    consumer: str = ""
 
 
 class DeadLetters:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = DEAD_LETTER_MAXLEN) -> None:
         self._redis = redis
         self._keys = keys
+        self._maxlen = maxlen
+        self._replay = redis.register_script(REPLAY)
+
+    async def add(self, letters: Sequence[Letter]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for letter in letters:
+                fields: dict[EncodableT, EncodableT] = {
+                    "entry_id": letter.entry_id,
+                    "event_id": letter.event_id,
+                    "event": letter.event,
+                    "channel": letter.channel,
+                    "action_id": letter.action_id,
+                    "reason": letter.reason,
+                    "detail": letter.detail[:2000],
+                    "consumer": letter.consumer,
+                }
+                pipe.xadd(self._keys.dead_letter, fields, maxlen=self._maxlen, approximate=True)
+            await pipe.execute()
 
     async def read(self, count: int = 100) -> list[DeadLetter]:
         """The oldest `count` letters."""
@@ -41,30 +99,32 @@ class DeadLetters:
                 event_id=row.fields.get("event_id", ""),
                 event=row.fields.get("event", ""),
                 channel=row.fields.get("channel", ""),
+                action_id=row.fields.get("action_id", ""),
                 reason=row.fields.get("reason", ""),
                 detail=row.fields.get("detail", ""),
-                at=row.fields.get("at", ""),
             )
             for row in parse_entries(rows)
         ]
 
-    async def replay(self, letters: list[DeadLetter]) -> int:
-        """Send `letters` through the outbox again; return how many went back."""
-        replayed = 0
+    async def count(self) -> int:
+        return int(await self._redis.xlen(self._keys.dead_letter))
+
+    async def replay(self, letters: Sequence[DeadLetter]) -> int:
+        """Send the letters' events through the outbox again; return how many went back."""
+        by_event: dict[str, list[DeadLetter]] = {}
         for letter in letters:
-            if not letter.event or not letter.event_id:
-                continue  # malformed: nothing to deliver
-            field = record_field(letter.event_id, letter.channel)
-            record = parse_record(await self._redis.hget(self._keys.delivery, field))
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if record is not None and record.state is DeliveryState.DEAD_LETTERED:
-                    pipe.hdel(self._keys.delivery, field)
-                entry: dict[EncodableT, EncodableT] = {
-                    "event_id": letter.event_id,
-                    "event": letter.event,
-                }
-                pipe.xadd(self._keys.outbox, entry)
-                pipe.xdel(self._keys.dead_letter, letter.id)
-                await pipe.execute()
-            replayed += 1
-        return replayed
+            if letter.event and letter.event_id:  # a malformed entry has nothing to deliver
+                by_event.setdefault(letter.event_id, []).append(letter)
+        k = self._keys
+        for event_id, group in by_event.items():
+            await self._replay(
+                keys=[k.outbox, k.dead_letter, k.actions],
+                args=[
+                    event_id,
+                    group[0].event,
+                    len(group),
+                    *(letter.id for letter in group),
+                    *(letter.action_id for letter in group if letter.action_id),
+                ],
+            )
+        return len(by_event)

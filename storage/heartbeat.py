@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-import redis.asyncio as aioredis
-
+from storage.connection import Redis
 from storage.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -19,12 +18,12 @@ HEARTBEAT_TTL = timedelta(days=1)
 
 
 async def record_poll(
-    redis: aioredis.Redis, keys: Keys, now: datetime, *, ttl: timedelta = HEARTBEAT_TTL
+    redis: Redis, keys: Keys, now: datetime, *, ttl: timedelta = HEARTBEAT_TTL
 ) -> None:
     await redis.set(keys.last_poll, now.isoformat(), px=int(ttl.total_seconds() * 1000))
 
 
-async def last_poll(redis: aioredis.Redis, keys: Keys) -> datetime | None:
+async def last_poll(redis: Redis, keys: Keys) -> datetime | None:
     raw = await redis.get(keys.last_poll)
     if raw is None:
         return None

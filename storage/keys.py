@@ -1,7 +1,8 @@
 """Every Redis key name, in one place.
 
-All keys of one org share the hash tag `{org_id}` so multi-key atomic steps (the outbox
-commit) also work on Redis Cluster and managed Redis.
+All keys of one org share the hash tag `{org_id}`, so every script and pipeline of the bot
+touches one Cluster slot: atomic multi-key steps work on Redis Cluster and managed Redis, and
+no command spans slots. Each key says how it is bounded (a TTL, a cap, or a pruning rule).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ class Keys:
     def _base(self) -> str:
         return f"{self.prefix}:{{{self.org_id}}}"
 
+    # --- the poller -------------------------------------------------------------------------
     @property
     def snapshot(self) -> str:
-        """HASH job id -> JobSnapshot JSON."""
+        """HASH job id -> JobSnapshot JSON; a job is dropped once gone longer than the grace."""
         return f"{self._base}:snapshot"
 
     @property
@@ -34,34 +36,63 @@ class Keys:
         return f"{self._base}:events"
 
     @property
+    def last_poll(self) -> str:
+        """STRING: time of the last successful poll (for /readyz); has a TTL."""
+        return f"{self._base}:heartbeat:poll"
+
+    # --- the outbox and its delivery --------------------------------------------------------
+    @property
     def outbox(self) -> str:
-        """STREAM of events waiting to be sent (consumer group `notifier`)."""
+        """STREAM of events to deliver (consumer group `notifier`); entries are deleted once
+        every action planned from them is final, so its length is the backlog."""
         return f"{self._base}:outbox"
 
     @property
-    def dead_letter(self) -> str:
-        """STREAM of deliveries that failed permanently; capped."""
-        return f"{self._base}:dead"
+    def plans(self) -> str:
+        """HASH outbox entry id -> Plan JSON (the actions it asks for); deleted with the entry."""
+        return f"{self._base}:plans"
 
     @property
-    def delivery(self) -> str:
-        """HASH `event_id|channel` -> DeliveryRecord JSON (in flight / sent); pruned by age."""
-        return f"{self._base}:delivery"
+    def actions(self) -> str:
+        """HASH action id -> ActionRecord JSON (claimed, sent, dead, skipped); pruned by age."""
+        return f"{self._base}:actions"
+
+    @property
+    def fence(self) -> str:
+        """STRING counter: the fencing token of every claim (INCR; never reset)."""
+        return f"{self._base}:fence"
+
+    @property
+    def dead_letter(self) -> str:
+        """STREAM of actions that could not be delivered; capped (MAXLEN ~)."""
+        return f"{self._base}:dead"
+
+    # --- replicas and who does what ---------------------------------------------------------
+    @property
+    def replicas(self) -> str:
+        """HASH replica id -> its heartbeat (nonce, alive until); dead ones are pruned."""
+        return f"{self._base}:replicas"
 
     @property
     def poller_lease(self) -> str:
-        """STRING holding the id of the replica that polls this org; has a TTL."""
+        """STRING: the replica that polls this org; has a TTL."""
         return f"{self._base}:lease:poller"
 
     @property
-    def last_poll(self) -> str:
-        """STRING: time of the last successful poll (heartbeat for /readyz); has a TTL."""
-        return f"{self._base}:heartbeat:poll"
+    def notifier_lease(self) -> str:
+        """STRING: the replica that delivers this org's alerts; has a TTL."""
+        return f"{self._base}:lease:notifier"
 
-    def channel_gate(self, channel: str) -> str:
+    # --- Slack gates ------------------------------------------------------------------------
+    @property
+    def slack_pause(self) -> str:
+        """STRING: why all delivery is paused (a token or scope problem); deleted on recovery."""
+        return f"{self._base}:slack:paused"
+
+    def channel_pace(self, channel: str) -> str:
         """STRING with a PX TTL: the channel may not be posted to while it exists."""
-        return f"{self._base}:gate:{channel}"
+        return f"{self._base}:pace:{channel}"
 
     def channel_pause(self, channel: str) -> str:
-        """STRING with a PX TTL: set from a 429's Retry-After; the channel waits while it exists."""
+        """STRING with a PX TTL: a 429's Retry-After or a back-off; holds why."""
         return f"{self._base}:pause:{channel}"

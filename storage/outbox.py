@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import redis.asyncio as aioredis
-
 from bot.domain.snapshot import DiffResult
+from storage.connection import Redis
 from storage.keys import Keys
 
 SEEN_EVENTS_RETENTION = timedelta(days=30)
@@ -69,7 +68,7 @@ class CommitResult:
 
 class Outbox:
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, *, retention: timedelta = SEEN_EVENTS_RETENTION
+        self, redis: Redis, keys: Keys, *, retention: timedelta = SEEN_EVENTS_RETENTION
     ) -> None:
         self._redis = redis
         self._keys = keys

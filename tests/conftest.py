@@ -9,8 +9,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from storage.connection import Redis
 from tests.fakes import FakeSlack, FakeTimbal
 from tests.redis_backends import BACKENDS, Backend
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer, free_port
 
 __all__ = ["RedisServer", "free_port"]
@@ -22,6 +24,21 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(redis_server: RedisServer) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(redis_server.binary)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_servers: RedisClusterServers) -> str:
+    """Our own 3-master cluster, emptied before each test."""
+    redis_cluster_servers.flush()
+    return redis_cluster_servers.url
 
 
 @pytest.fixture
@@ -79,12 +96,15 @@ def bot_env(
 
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
-    """The storage tests run on the real server and on the embedded store (fakeredis) alike."""
-    made = Backend(request.param, redis_url)
+    """The storage tests run on the real server, a real cluster and the embedded store."""
+    url = redis_url
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    made = Backend(request.param, url)
     yield made
     await made.aclose()
 
 
 @pytest.fixture
-def r(backend: Backend) -> aioredis.Redis:
+def r(backend: Backend) -> Redis:
     return backend.client()

@@ -1,28 +1,38 @@
 """Shared pieces of the notifier tests: events, outbox entries as the poller writes them, a
-notifier pointed at FakeSlack with test-sized timings, and a background runner."""
+notifier pointed at FakeSlack with test-sized timings (its replica registered alive), and a
+background runner."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.alerts.notifier import Notifier
+from bot.alerts.decide import Policy
+from bot.alerts.deliver import Timing
+from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.route import Router, single_channel_router
 from bot.app.metrics import Metrics
+from bot.domain.delivery import Route
 from bot.domain.events import EventKind, JobEvent
 from bot.domain.models import Job
+from storage.connection import Redis
 from storage.keys import Keys
+from storage.replicas import Identity
 from tests.fakes import FakeSlack, make_job
+from tests.replica_helpers import alive, identity
 
 CH = "C0ALERTS"
 KEYS = Keys("tjb", "org_n")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+TIMING_FIELDS = {f.name for f in dataclasses.fields(Timing)}
+POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}
 
 
 def job_event(i: int, kind: EventKind = EventKind.FAILED, **fields: Any) -> JobEvent:
@@ -41,7 +51,7 @@ def job_event(i: int, kind: EventKind = EventKind.FAILED, **fields: Any) -> JobE
     return JobEvent(org_id=KEYS.org_id, kind=kind, job=job, detected_at=finished)
 
 
-async def enqueue(r: aioredis.Redis, *events: JobEvent) -> list[str]:
+async def enqueue(r: Redis, *events: JobEvent) -> list[str]:
     """Outbox entries exactly as `storage.outbox.commit` writes them."""
     return [
         str(await r.xadd(KEYS.outbox, {"event_id": e.event_id, "event": e.model_dump_json()}))
@@ -49,33 +59,51 @@ async def enqueue(r: aioredis.Redis, *events: JobEvent) -> list[str]:
     ]
 
 
-def make_notifier(
-    r: aioredis.Redis,
+def notifier_config(**overrides: Any) -> NotifierConfig:
+    """Test-sized timings; `overrides` may name NotifierConfig, Timing or Policy fields."""
+    timing: dict[str, Any] = {"slack_timeout": 5.0, "margin": 1.0, "pace": 0.0}
+    policy: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2}
+    config: dict[str, Any] = {
+        "digest_threshold": 1000,
+        "block": 0.05,
+        "standby_poll": 0.02,
+        "adopt_every": 0.2,
+        "probe_every": 0.05,
+        "paused_probe_every": 0.1,
+        "grace": 0.2,
+    }
+    for name, value in overrides.items():
+        if name in TIMING_FIELDS:
+            timing[name] = value
+        elif name in POLICY_FIELDS:
+            policy[name] = value
+        else:
+            config[name] = value
+    return NotifierConfig(**config, timing=Timing(**timing), policy=Policy(**policy))
+
+
+async def make_notifier(
+    r: Redis,
     fake: FakeSlack,
     *,
-    consumer: str = "n1",
+    who: Identity | str = "n1",
     router: Router | None = None,
     metrics: Metrics | None = None,
-    **timing: Any,
+    mention: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+    **overrides: Any,
 ) -> Notifier:
-    settings: dict[str, Any] = {
-        "digest_threshold": 1000,
-        "channel_min_interval": 0.0,
-        "block": 0.05,
-        "idle_wait": 0.02,
-        "reclaim_idle": 0.3,
-        "retry_base": 0.05,
-        "retry_cap": 0.2,
-    }
-    settings.update(timing)
+    me = who if isinstance(who, Identity) else identity(who)
+    await alive(r, KEYS, me)
     return Notifier(
         redis=r,
-        slack=AsyncWebClient(token=fake.bot_token, base_url=fake.base_url),
         keys=KEYS,
-        router=router or single_channel_router(CH),
+        slack=AsyncWebClient(token=fake.bot_token, base_url=fake.base_url),
+        router=router or single_channel_router(CH, mention),
+        identity=me,
         metrics=metrics or Metrics(),
-        consumer=consumer,
-        **settings,
+        config=notifier_config(**overrides),
+        clock=clock or (lambda: datetime.now(UTC)),
     )
 
 
@@ -92,15 +120,24 @@ async def running(*notifiers: Notifier) -> AsyncIterator[None]:
 
 
 def event_ids(message: dict[str, Any]) -> list[str]:
+    """The events a message of ours reports, from its metadata."""
     payload = (message.get("metadata") or {}).get("event_payload") or {}
-    if "event_id" in payload:
-        return [str(payload["event_id"])]
-    return [str(e) for e in payload.get("event_ids", [])]
+    return [str(e) for e in payload.get("events", [])]
+
+
+def action_ids(message: dict[str, Any]) -> list[str]:
+    payload = (message.get("metadata") or {}).get("event_payload") or {}
+    return [str(a) for a in payload.get("actions", [])]
 
 
 def delivered(fake: FakeSlack, channel: str | None = CH) -> list[str]:
-    """Event ids in the order Slack accepted them (top-level messages only)."""
-    return [e for m in fake.posted(channel) if not m["thread_ts"] for e in event_ids(m)]
+    """Event ids in the order Slack accepted them (top-level posts only)."""
+    return [
+        e
+        for m in fake.posted(channel)
+        if not m["thread_ts"] and m["method"] == "chat.postMessage"
+        for e in event_ids(m)
+    ]
 
 
 def counter(metrics: Metrics, name: str, **labels: str) -> float:
@@ -108,19 +145,26 @@ def counter(metrics: Metrics, name: str, **labels: str) -> float:
     return float(value or 0.0)
 
 
-def routes(table: dict[str, list[str]]) -> Callable[[JobEvent], list[str]]:
+def routes(table: dict[str, list[str]]) -> Router:
     """A router by connector id (for tests that need several channels)."""
 
-    def router(event: JobEvent, /) -> list[str]:
-        return table.get(event.job.connector_id, [CH])
+    def router(event: JobEvent, /) -> list[Route]:
+        return [Route(channel=ch) for ch in table.get(event.job.connector_id, [CH])]
 
     return router
 
 
-async def dead_letters(r: aioredis.Redis) -> list[dict[str, str]]:
+def to(*channels: str) -> Router:
+    def router(event: JobEvent, /) -> list[Route]:
+        return [Route(channel=ch) for ch in channels]
+
+    return router
+
+
+async def dead_letters(r: Redis) -> list[dict[str, str]]:
     rows: Any = await r.xrange(KEYS.dead_letter)
     return [dict(fields) for _, fields in rows]
 
 
-async def outbox_empty(r: aioredis.Redis) -> bool:
+async def outbox_empty(r: Redis) -> bool:
     return int(await r.xlen(KEYS.outbox)) == 0

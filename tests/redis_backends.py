@@ -1,5 +1,6 @@
-"""Storage tests run on both backends the bot supports: the real redis-server of the test
-session and fakeredis (the embedded store, `storage.connection.open_redis(None)`)."""
+"""Storage tests run on every backend the bot supports: the real redis-server of the test
+session, a real 3-master Redis Cluster (`REDIS_CLUSTER=true`), and fakeredis (the embedded
+store, `storage.connection.open_redis(None)`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from dataclasses import dataclass, field
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
-BACKENDS = ["redis", "fakeredis"]
+from storage.connection import Redis
+
+BACKENDS = ["redis", "cluster", "fakeredis"]
 
 
 @dataclass
@@ -20,12 +24,14 @@ class Backend:
     kind: str
     url: str
     server: fakeredis.FakeServer = field(default_factory=fakeredis.FakeServer)
-    clients: list[aioredis.Redis] = field(default_factory=list)
+    clients: list[Redis] = field(default_factory=list)
 
-    def client(self) -> aioredis.Redis:
-        made: aioredis.Redis
+    def client(self) -> Redis:
+        made: Redis
         if self.kind == "redis":
             made = aioredis.Redis.from_url(self.url, decode_responses=True)
+        elif self.kind == "cluster":
+            made = RedisCluster.from_url(self.url, decode_responses=True)
         else:
             made = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
         self.clients.append(made)

@@ -16,7 +16,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.alerts.diff import diff
-from bot.alerts.slack_errors import DEFAULT_RETRY_AFTER, SlackFailure, Verdict, classify
+from bot.alerts.failure import DEFAULT_RETRY_AFTER, FailureKind, SlackFailure
+from bot.alerts.slack_errors import classify
 from bot.app.metrics import Metrics
 from bot.app.serve import serve
 from bot.domain.models import Job
@@ -56,12 +57,12 @@ def api_error(status: int, data: Any) -> SlackApiError:
     [
         (
             api_error(200, {"ok": False, "error": "rate_limited"}),
-            SlackFailure(Verdict.RATE_LIMITED, "rate_limited", DEFAULT_RETRY_AFTER),
+            SlackFailure(FailureKind.RATE_LIMITED, "rate_limited", DEFAULT_RETRY_AFTER),
         ),
         # "Web API ... intermittently unavailable until the transition is complete"
         (
             api_error(200, {"ok": False, "error": "team_added_to_org"}),
-            SlackFailure(Verdict.RETRY, "team_added_to_org"),
+            SlackFailure(FailureKind.RETRY, "team_added_to_org", maybe_sent=True),
         ),
     ],
 )
@@ -78,7 +79,7 @@ async def test_rate_limited_answer_is_retried_not_dead_lettered(
     events = [job_event(i) for i in range(2)]
     await enqueue(redis_client, *events)
     fake_slack.fail("chat.postMessage", status=200, error="rate_limited", times=1)
-    async with running(make_notifier(redis_client, fake_slack, metrics=metrics)):
+    async with running(await make_notifier(redis_client, fake_slack, metrics=metrics)):
         await wait_until(lambda: outbox_empty(redis_client), within=10, what="delivered")
     assert await dead_letters(redis_client) == []
     assert delivered(fake_slack) == [e.event_id for e in events]
@@ -143,7 +144,7 @@ async def test_job_ids_with_newlines_stay_on_one_log_line(
     hostile = job_event(1, id="j1\n12:00:00 CRITICAL forged line")
     await enqueue(redis_client, hostile)
     caplog.set_level(logging.INFO, logger="bot.alerts.notifier")
-    async with running(make_notifier(redis_client, fake_slack)):
+    async with running(await make_notifier(redis_client, fake_slack)):
         await wait_until(lambda: outbox_empty(redis_client), within=10, what="delivered")
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("bot.alerts.notifier")]
     assert any(line.startswith("alert sent") for line in lines)
@@ -170,4 +171,4 @@ async def test_an_unparsable_json_answer_is_retried(status: int) -> None:
         await runner.cleanup()
     failure = classify(caught.value)
     assert failure is not None
-    assert failure.verdict is Verdict.RETRY, failure
+    assert failure.kind is FailureKind.RETRY, failure

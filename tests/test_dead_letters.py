@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from storage.dead_letters import DeadLetters
-from storage.delivery import DeliveryStore, parse_entries
+from storage.dead_letters import DeadLetters, Letter
 from storage.keys import Keys
 from tests.fakes import FakeSlack, FakeTimbal
 from tests.notifier_helpers import (
@@ -29,7 +28,7 @@ async def test_fix_the_channel_then_replay_delivers_once(
     events = [job_event(1), job_event(2)]
     await enqueue(redis_client, *events)
     letters = DeadLetters(redis_client, KEYS)
-    async with running(make_notifier(redis_client, fake_slack)):
+    async with running(await make_notifier(redis_client, fake_slack)):
         await wait_until(lambda: outbox_empty(redis_client), what="dead-lettered")
         dead = await letters.read()
         assert [(d.event_id, d.channel, d.reason) for d in dead] == [
@@ -58,14 +57,21 @@ async def test_cli_lists_and_replays(
     await redis_client.xadd(
         keys.outbox, {"event_id": event.event_id, "event": event.model_dump_json()}
     )
-    store = DeliveryStore(redis_client, keys, consumer="ops")
-    [entry] = parse_entries(await redis_client.xrange(keys.outbox))
-    await store.dead_letter(entry, "C0ALERTS", "not_in_channel", now=event.detected_at)
+    letter = Letter(
+        entry_id="1-0",
+        event_id=event.event_id,
+        event=event.model_dump_json(),
+        channel="C0ALERTS",
+        action_id=f"{event.event_id}|C0ALERTS|post",
+        reason="not_in_channel",
+    )
+    await DeadLetters(redis_client, keys).add([letter])
     env = clean_env(**{**bot_env, "REDIS_URL": redis_url})
     listed = await run_cli("dead-letters", env=env)
     assert listed.code == 0, listed.stderr
     assert "not_in_channel" in listed.stdout
     assert "1 dead letter(s)" in listed.stdout
+    assert "forged line" not in listed.stdout.replace("\\n", " ").splitlines()[0]
     replayed = await run_cli("dead-letters", "--replay", env=env)
     assert "replayed 1 into the outbox" in replayed.stdout
     assert await redis_client.xlen(keys.dead_letter) == 0

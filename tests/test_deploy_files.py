@@ -479,7 +479,7 @@ def test_deploy_doc_lists_every_redis_key_and_only_those() -> None:
         for name in dir(Keys)
         if isinstance(getattr(Keys, name, None), property) and not name.startswith("_")
     }
-    actual |= {keys.channel_gate("<channel>").removeprefix(base)}
+    actual |= {keys.channel_pace("<channel>").removeprefix(base)}
     actual |= {keys.channel_pause("<channel>").removeprefix(base)}
     assert documented == actual
 

@@ -1,19 +1,26 @@
-"""storage.lease (poller lease) and storage.heartbeat, on real Redis and on fakeredis."""
+"""storage.lease, storage.replicas and storage.heartbeat, on every backend."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import socket
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis.asyncio as aioredis
 
+from storage.connection import Redis
 from storage.heartbeat import HEARTBEAT_TTL, last_poll, record_poll
 from storage.keys import Keys
-from storage.lease import PollerLease
+from storage.lease import Lease
+from storage.replicas import Identity, ReplicaIdInUse, Replicas
 from tests.redis_backends import Backend
+from tests.replica_helpers import alive, die, identity
+from tests.waiting import wait_until
 
 KEYS = Keys("tjb", "org_l")
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -22,9 +29,15 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 # --- lease ------------------------------------------------------------------------------------
 
 
+async def lease_for(r: Redis, replica: str, *, ttl: float = 30) -> Lease:
+    who = identity(replica)
+    await alive(r, KEYS, who)
+    return Lease(r, KEYS, key=KEYS.poller_lease, identity=who, ttl=ttl)
+
+
 async def test_one_holder_at_a_time_and_the_holder_renews(backend: Backend) -> None:
-    a = PollerLease(backend.client(), KEYS, holder="replica-a", ttl=30)
-    b = PollerLease(backend.client(), KEYS, holder="replica-b", ttl=30)
+    a = await lease_for(backend.client(), "replica-a")
+    b = await lease_for(backend.client(), "replica-b")
     assert await a.acquire_or_renew() is True
     assert await b.acquire_or_renew() is False
     assert await a.acquire_or_renew() is True  # renewal
@@ -32,8 +45,8 @@ async def test_one_holder_at_a_time_and_the_holder_renews(backend: Backend) -> N
     assert await b.current_holder() == "replica-a"
 
 
-async def test_renewal_resets_the_ttl(r: aioredis.Redis) -> None:
-    lease = PollerLease(r, KEYS, holder="replica-a", ttl=30)
+async def test_renewal_resets_the_ttl(r: Redis) -> None:
+    lease = await lease_for(r, "replica-a")
     assert await lease.acquire_or_renew()
     await r.pexpire(KEYS.poller_lease, 1000)  # as if most of the TTL had passed
     assert await lease.acquire_or_renew()
@@ -41,30 +54,54 @@ async def test_renewal_resets_the_ttl(r: aioredis.Redis) -> None:
     assert 1000 < ttl_ms <= 30_000
 
 
-async def test_takeover_after_the_holder_stops_renewing(
+async def test_a_dead_holders_lease_is_taken_over_at_once(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ttl = 0.3
-    a = PollerLease(backend.client(), KEYS, holder="replica-a", ttl=ttl)
-    b = PollerLease(backend.client(), KEYS, holder="replica-b", ttl=ttl)
+    a = await lease_for(backend.client(), "replica-a", ttl=3600)  # a long TTL...
+    b = await lease_for(backend.client(), "replica-b", ttl=3600)
     assert await a.acquire_or_renew()
     assert await b.acquire_or_renew() is False
-    # a "dies": it stops renewing. b keeps trying, as its poll loop would, until it leads.
-    deadline = time.monotonic() + 5
-    while not await b.acquire_or_renew():
-        assert time.monotonic() < deadline, "the lease was never taken over"
-        await asyncio.sleep(0.02)
+    await die(backend.client(), KEYS, a.identity)  # ...does not matter once a is dead
+    with caplog.at_level(logging.INFO, logger="storage.lease"):
+        assert await b.acquire_or_renew() is True
+    assert "taken over from replica-a" in caplog.text
+    assert await b.current_holder() == "replica-b"
+
+
+async def test_takeover_after_a_live_holder_stops_renewing(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await lease_for(backend.client(), "replica-a", ttl=0.3)
+    b = await lease_for(backend.client(), "replica-b", ttl=0.3)
+    assert await a.acquire_or_renew()
+    assert await b.acquire_or_renew() is False
+    # a is alive but stuck: it stops renewing. b keeps trying, as its loop would.
+    await wait_until(b.acquire_or_renew, within=5, what="the lease was taken over")
     assert await b.current_holder() == "replica-b"
     # a comes back: it has lost the lease and says so, and cannot take it from b
     with caplog.at_level(logging.WARNING, logger="storage.lease"):
         assert await a.acquire_or_renew() is False
-    assert "poller lease lost org=org_l holder=replica-a" in caplog.text
+    assert "poller lease lost to replica-b org=org_l replica=replica-a" in caplog.text
     assert await b.acquire_or_renew() is True
 
 
+async def test_a_replica_that_is_not_alive_cannot_take_a_lease(r: Redis) -> None:
+    nobody = Lease(r, KEYS, key=KEYS.poller_lease, identity=identity("ghost"), ttl=30)
+    assert await nobody.acquire_or_renew() is False
+    assert await nobody.current_holder() is None
+
+
+async def test_a_restarted_holder_takes_its_own_lease_back_at_once(r: Redis) -> None:
+    before = await lease_for(r, "pod-1", ttl=3600)
+    assert await before.acquire_or_renew()
+    await die(r, KEYS, before.identity)
+    after = await lease_for(r, "pod-1", ttl=3600)  # same replica id, new process
+    assert await after.acquire_or_renew() is True
+
+
 async def test_release_hands_over_at_once(backend: Backend) -> None:
-    a = PollerLease(backend.client(), KEYS, holder="replica-a", ttl=60)
-    b = PollerLease(backend.client(), KEYS, holder="replica-b", ttl=60)
+    a = await lease_for(backend.client(), "replica-a", ttl=60)
+    b = await lease_for(backend.client(), "replica-b", ttl=60)
     assert await a.acquire_or_renew()
     await a.release()
     assert await a.current_holder() is None
@@ -72,8 +109,8 @@ async def test_release_hands_over_at_once(backend: Backend) -> None:
 
 
 async def test_release_never_frees_someone_elses_lease(backend: Backend) -> None:
-    a = PollerLease(backend.client(), KEYS, holder="replica-a", ttl=60)
-    b = PollerLease(backend.client(), KEYS, holder="replica-b", ttl=60)
+    a = await lease_for(backend.client(), "replica-a", ttl=60)
+    b = await lease_for(backend.client(), "replica-b", ttl=60)
     await b.release()  # never held: nothing happens
     assert await a.acquire_or_renew()
     await b.release()
@@ -84,19 +121,89 @@ async def test_release_never_frees_someone_elses_lease(backend: Backend) -> None
     assert await a.current_holder() == "replica-b"
 
 
-async def test_a_lease_needs_a_positive_ttl(r: aioredis.Redis) -> None:
+async def test_a_lease_needs_a_positive_ttl(r: Redis) -> None:
     with pytest.raises(ValueError, match="positive TTL"):
-        PollerLease(r, KEYS, holder="x", ttl=0)
+        Lease(r, KEYS, key=KEYS.poller_lease, identity=identity("x"), ttl=0)
+
+
+# --- replica heartbeats -------------------------------------------------------------------------
+
+
+async def test_a_live_replica_id_is_refused_to_a_second_process(r: Redis) -> None:
+    first = Replicas(r, KEYS, Identity("pod-1", "a"), ttl_ms=60_000)
+    await first.register(roles=["poller"])
+    beat = json.loads(str(await r.hget(KEYS.replicas, "pod-1")))
+    beat["pid"] = os.getppid()  # the first is another live process of this host
+    await r.hset(KEYS.replicas, "pod-1", json.dumps(beat))
+    second = Replicas(r, KEYS, Identity("pod-1", "b"), ttl_ms=60_000)
+    with pytest.raises(ReplicaIdInUse, match="REPLICA_ID 'pod-1' is in use"):
+        await second.register(roles=["poller"], wait=False)
+    assert await first.beat()
+
+
+async def test_a_lapsing_heartbeat_of_the_same_id_is_waited_out(r: Redis) -> None:
+    old = Replicas(r, KEYS, Identity("pod-1", "old"), ttl_ms=300)
+    await old.register(roles=["notifier"])
+    new = Replicas(r, KEYS, Identity("pod-1", "new"), ttl_ms=300)
+    started = time.monotonic()
+    await new.register(roles=["notifier"])  # waits for the old heartbeat to lapse
+    assert time.monotonic() - started < 1.0
+    assert not await old.beat()  # the old process learns it was replaced
+    assert await new.beat()
+
+
+async def test_this_hosts_previous_life_is_replaced_at_once(r: Redis) -> None:
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # a process of this host that has exited: a container's previous life
+    beat = {"nonce": "old", "alive_until": 2**50, "host": socket.gethostname(), "pid": gone.pid}
+    await r.hset(KEYS.replicas, "pod-1", json.dumps(beat))
+    started = time.monotonic()
+    await Replicas(r, KEYS, Identity("pod-1", "new"), ttl_ms=60_000).register(roles=["poller"])
+    assert time.monotonic() - started < 0.5  # no waiting for the old heartbeat
+    live = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)")
+    try:
+        beat |= {"nonce": "other", "pid": live.pid}
+        await r.hset(KEYS.replicas, "pod-2", json.dumps(beat))
+        with pytest.raises(ReplicaIdInUse):
+            await Replicas(r, KEYS, Identity("pod-2", "mine"), ttl_ms=60_000).register(
+                roles=["poller"], wait=False
+            )
+        beat |= {"host": "another-host", "pid": gone.pid}
+        await r.hset(KEYS.replicas, "pod-3", json.dumps(beat))
+        with pytest.raises(ReplicaIdInUse):  # another host's process cannot be checked
+            await Replicas(r, KEYS, Identity("pod-3", "mine"), ttl_ms=60_000).register(
+                roles=["poller"], wait=False
+            )
+    finally:
+        live.kill()
+        await live.wait()
+
+
+async def test_leave_and_members(backend: Backend) -> None:
+    r = backend.client()
+    a = Replicas(r, KEYS, Identity("a", "1"), ttl_ms=60_000)
+    b = Replicas(r, KEYS, Identity("b", "1"), ttl_ms=60_000)
+    await a.register(roles=["poller", "notifier"])
+    await b.register(roles=["commands"])
+    members = await a.members()
+    assert [(m.replica, m.alive, m.roles) for m in members] == [
+        ("a", True, ["poller", "notifier"]),
+        ("b", True, ["commands"]),
+    ]
+    await b.leave()
+    assert [m.replica for m in await a.members()] == ["a"]
+    await r.hset(KEYS.replicas, "junk", "{")
+    assert await a.prune(dead_for_ms=0) == 1  # the unreadable one; a is alive
 
 
 # --- heartbeat --------------------------------------------------------------------------------
 
 
-async def test_no_heartbeat_reads_as_never(r: aioredis.Redis) -> None:
+async def test_no_heartbeat_reads_as_never(r: Redis) -> None:
     assert await last_poll(r, KEYS) is None
 
 
-async def test_heartbeat_round_trips_and_expires(r: aioredis.Redis) -> None:
+async def test_heartbeat_round_trips_and_expires(r: Redis) -> None:
     await record_poll(r, KEYS, NOW)
     assert await last_poll(r, KEYS) == NOW
     ttl_ms = await r.pttl(KEYS.last_poll)
@@ -107,7 +214,7 @@ async def test_heartbeat_round_trips_and_expires(r: aioredis.Redis) -> None:
 
 
 async def test_unreadable_heartbeat_is_logged_and_reads_as_never(
-    r: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    r: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     await r.set(KEYS.last_poll, "yesterday-ish")
     with caplog.at_level(logging.WARNING, logger="storage.heartbeat"):
@@ -115,6 +222,6 @@ async def test_unreadable_heartbeat_is_logged_and_reads_as_never(
     assert "unreadable poll heartbeat org=org_l" in caplog.text
 
 
-async def test_naive_heartbeat_is_taken_as_utc(r: aioredis.Redis) -> None:
+async def test_naive_heartbeat_is_taken_as_utc(r: Redis) -> None:
     await r.set(KEYS.last_poll, "2025-03-01T12:00:00")
     assert await last_poll(r, KEYS) == NOW

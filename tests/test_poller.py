@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,12 +22,14 @@ from bot.domain.events import JobEvent
 from bot.domain.models import Job
 from bot.domain.states import StateClassifier
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from storage.connection import Redis
 from storage.heartbeat import last_poll
 from storage.keys import Keys
-from storage.lease import PollerLease
+from storage.lease import Lease
 from storage.snapshots import SnapshotStore
 from tests.fakes import make_job
 from tests.redis_backends import Backend, count_round_trips
+from tests.replica_helpers import alive, die, identity
 
 ORG = "org_p"
 KEYS = Keys("tjb", ORG)
@@ -96,8 +97,8 @@ class BrokenLease:
         raise self.error
 
 
-def make_poller(
-    r: aioredis.Redis,
+async def make_poller(
+    r: Redis,
     timbal: ListingTimbal,
     *,
     clock: Clock | None = None,
@@ -105,7 +106,10 @@ def make_poller(
     holder: str = "replica-a",
     **kwargs: Any,
 ) -> Poller:
+    """A poller whose replica is registered alive (only a live replica may take the lease)."""
     kwargs.setdefault("interval", 15.0)
+    who = identity(holder)
+    await alive(r, KEYS, who)
     return Poller(
         redis=r,
         timbal=timbal,
@@ -113,7 +117,7 @@ def make_poller(
         classifier=StateClassifier(),
         org_id=ORG,
         metrics=metrics or Metrics(),
-        holder=holder,
+        identity=who,
         clock=clock or Clock(),
         **kwargs,
     )
@@ -123,7 +127,7 @@ def polls(metrics: Metrics, outcome: str) -> float:
     return metrics.registry.get_sample_value("tjb_polls_total", {"outcome": outcome}) or 0.0
 
 
-async def outbox_events(r: aioredis.Redis) -> list[JobEvent]:
+async def outbox_events(r: Redis) -> list[JobEvent]:
     raw: Any = await r.xrange(KEYS.outbox)
     assert all(set(fields) == {"event_id", "event"} for _, fields in raw)
     events = [JobEvent.model_validate_json(fields["event"]) for _, fields in raw]
@@ -134,13 +138,13 @@ async def outbox_events(r: aioredis.Redis) -> list[JobEvent]:
 # --- one cycle --------------------------------------------------------------------------------
 
 
-async def test_baseline_posts_nothing(r: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+async def test_baseline_posts_nothing(r: Redis, caplog: pytest.LogCaptureFixture) -> None:
     timbal = ListingTimbal()
     timbal.upsert("old-failure", state="failed", finished_at=(T0 - timedelta(hours=1)).isoformat())
     timbal.upsert("busy", state="running")
     metrics = Metrics()
     with caplog.at_level(logging.INFO, logger="bot.alerts.poller"):
-        result = await make_poller(r, timbal, metrics=metrics).run_once()
+        result = await (await make_poller(r, timbal, metrics=metrics)).run_once()
     assert result.baseline is True
     assert (result.jobs, result.events, result.enqueued, result.duplicates) == (2, 0, 0, 0)
     assert result.skipped_not_leader is False
@@ -157,9 +161,9 @@ async def test_baseline_posts_nothing(r: aioredis.Redis, caplog: pytest.LogCaptu
     )
 
 
-async def test_queued_running_failed_gives_exactly_one_failed_entry(r: aioredis.Redis) -> None:
+async def test_queued_running_failed_gives_exactly_one_failed_entry(r: Redis) -> None:
     timbal, clock, metrics = ListingTimbal(), Clock(), Metrics()
-    poller = make_poller(r, timbal, clock=clock, metrics=metrics)
+    poller = await make_poller(r, timbal, clock=clock, metrics=metrics)
     await poller.run_once()  # baseline: no jobs yet
     timbal.upsert("j1", state="queued")
     assert (await poller.run_once()).events == 0
@@ -184,9 +188,9 @@ async def test_queued_running_failed_gives_exactly_one_failed_entry(r: aioredis.
     assert metrics.registry.get_sample_value("tjb_events_total", {"kind": "failed"}) == 1
 
 
-async def test_a_rerun_that_fails_again_alerts_again(r: aioredis.Redis) -> None:
+async def test_a_rerun_that_fails_again_alerts_again(r: Redis) -> None:
     timbal, clock = ListingTimbal(), Clock()
-    poller = make_poller(r, timbal, clock=clock)
+    poller = await make_poller(r, timbal, clock=clock)
     timbal.upsert("j1", state="running")
     await poller.run_once()
     timbal.upsert("j1", state="failed", finished_at=(T0 + timedelta(seconds=10)).isoformat())
@@ -203,10 +207,10 @@ async def test_a_rerun_that_fails_again_alerts_again(r: aioredis.Redis) -> None:
     assert len({e.event_id for e in events}) == 2
 
 
-async def test_backfill_and_started_reach_the_diff(r: aioredis.Redis) -> None:
+async def test_backfill_and_started_reach_the_diff(r: Redis) -> None:
     timbal, clock = ListingTimbal(), Clock()
     timbal.upsert("recent", state="failed", finished_at=(T0 - timedelta(minutes=5)).isoformat())
-    poller = make_poller(
+    poller = await make_poller(
         r, timbal, clock=clock, backfill=timedelta(minutes=10), alert_on_started=True
     )
     assert (await poller.run_once()).enqueued == 1
@@ -216,9 +220,9 @@ async def test_backfill_and_started_reach_the_diff(r: aioredis.Redis) -> None:
     assert [e.kind.value for e in await outbox_events(r)] == ["failed", "started"]
 
 
-async def test_vanished_jobs_are_pruned_after_the_grace(r: aioredis.Redis) -> None:
+async def test_vanished_jobs_are_pruned_after_the_grace(r: Redis) -> None:
     timbal, clock = ListingTimbal(), Clock()
-    poller = make_poller(r, timbal, clock=clock, vanish_grace=timedelta(hours=1))
+    poller = await make_poller(r, timbal, clock=clock, vanish_grace=timedelta(hours=1))
     timbal.upsert("stays", state="running")
     timbal.upsert("goes", state="done", finished_at=T0.isoformat())
     await poller.run_once()
@@ -239,7 +243,7 @@ async def test_racing_replicas_enqueue_each_event_once(backend: Backend) -> None
     timbal, clock = ListingTimbal(), Clock()
     for i in range(20):
         timbal.upsert(f"j{i}", state="running")
-    await make_poller(backend.client(), timbal, clock=clock).run_once()
+    await (await make_poller(backend.client(), timbal, clock=clock)).run_once()
     for i in range(20):
         timbal.upsert(f"j{i}", state="failed", finished_at=T0.isoformat())
     clock.advance(seconds=15)
@@ -255,7 +259,9 @@ async def test_racing_replicas_enqueue_each_event_once(backend: Backend) -> None
 
     timbal.on_call = together
     replicas = [
-        make_poller(backend.client(), timbal, clock=clock, holder=f"r{n}", lease=AlwaysLeader())
+        await make_poller(
+            backend.client(), timbal, clock=clock, holder=f"r{n}", lease=AlwaysLeader()
+        )
         for n in range(3)
     ]
     results = await asyncio.gather(*(p.run_once() for p in replicas))
@@ -267,8 +273,8 @@ async def test_racing_replicas_enqueue_each_event_once(backend: Backend) -> None
 
 async def test_a_replica_without_the_lease_does_not_poll(backend: Backend) -> None:
     timbal, metrics = ListingTimbal(), Metrics()
-    leader = make_poller(backend.client(), timbal, holder="a")
-    follower = make_poller(backend.client(), timbal, holder="b", metrics=metrics)
+    leader = await make_poller(backend.client(), timbal, holder="a")
+    follower = await make_poller(backend.client(), timbal, holder="b", metrics=metrics)
     assert (await leader.run_once()).skipped_not_leader is False
     calls = len(timbal.calls)
     result = await follower.run_once()
@@ -278,37 +284,33 @@ async def test_a_replica_without_the_lease_does_not_poll(backend: Backend) -> No
     assert polls(metrics, "ok") == 0
 
 
-async def test_another_replica_takes_over_when_the_leader_dies(backend: Backend) -> None:
+async def test_another_replica_takes_over_at_once_when_the_leader_dies(backend: Backend) -> None:
     timbal, clock = ListingTimbal(), Clock()
     timbal.upsert("j1", state="running")
-    interval = 0.12  # lease TTL = 2.5 intervals = 0.3 s
-    a = make_poller(backend.client(), timbal, clock=clock, holder="a", interval=interval)
-    b = make_poller(backend.client(), timbal, clock=clock, holder="b", interval=interval)
+    interval = 600.0  # lease TTL = 2.5 intervals: 25 minutes, which a takeover never waits for
+    a = await make_poller(backend.client(), timbal, clock=clock, holder="a", interval=interval)
+    b = await make_poller(backend.client(), timbal, clock=clock, holder="b", interval=interval)
     assert not (await a.run_once()).skipped_not_leader
     assert (await b.run_once()).skipped_not_leader
     timbal.upsert("j1", state="failed", finished_at=T0.isoformat())
-    # a "dies" (never runs again); b keeps polling until it leads, within a deadline
-    deadline = time.monotonic() + 5
-    while (result := await b.run_once()).skipped_not_leader:
-        assert time.monotonic() < deadline, "b never took the lease over"
-        await asyncio.sleep(0.02)
-    assert result.enqueued == 1
-    assert await PollerLease(backend.client(), KEYS, holder="x", ttl=1).current_holder() == "b"
-    assert (await a.run_once()).skipped_not_leader  # a is back, but b leads now
+    await die(backend.client(), KEYS, a._lease.identity)  # type: ignore[attr-defined]
+    result = await b.run_once()  # a's heartbeat lapsed: b leads on its very next cycle
+    assert not result.skipped_not_leader and result.enqueued == 1
+    assert await b._lease.current_holder() == "b"  # type: ignore[attr-defined]
 
 
 # --- round trips ------------------------------------------------------------------------------
 
 
 async def test_round_trips_per_cycle_do_not_grow_with_jobs(
-    r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    r: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def trips_for(size: int) -> int:
         await r.flushdb()
         timbal, clock = ListingTimbal(), Clock()
         for i in range(size):
             timbal.upsert(f"j{i}", state="running")
-        poller = make_poller(r, timbal, clock=clock)
+        poller = await make_poller(r, timbal, clock=clock)
         await poller.run_once()  # baseline; the connection opens, the lease is taken
         await poller.run_once()  # the lease is renewed: every script is loaded now
         for i in range(size):
@@ -338,11 +340,11 @@ async def test_round_trips_per_cycle_do_not_grow_with_jobs(
     ],
 )
 async def test_a_timbal_failure_is_counted_and_raised(
-    r: aioredis.Redis, error: TimbalError, outcome: str
+    r: Redis, error: TimbalError, outcome: str
 ) -> None:
     timbal, metrics = ListingTimbal(failures=[error]), Metrics()
     with pytest.raises(type(error)):
-        await make_poller(r, timbal, metrics=metrics).run_once()
+        await (await make_poller(r, timbal, metrics=metrics)).run_once()
     assert polls(metrics, outcome) == 1
     assert await SnapshotStore(r, KEYS).load() is None  # nothing was committed
     assert await last_poll(r, KEYS) is None
@@ -360,18 +362,20 @@ def test_redis_failures_have_their_own_outcomes(error: Exception, outcome: str) 
     assert outcome_of(error) == outcome
 
 
-async def test_a_redis_failure_is_counted_and_raised(r: aioredis.Redis) -> None:
+async def test_a_redis_failure_is_counted_and_raised(r: Redis) -> None:
     timbal, metrics = ListingTimbal(), Metrics()
-    poller = make_poller(r, timbal, metrics=metrics, lease=BrokenLease(RedisConnectionError("x")))
+    poller = await make_poller(
+        r, timbal, metrics=metrics, lease=BrokenLease(RedisConnectionError("x"))
+    )
     with pytest.raises(RedisConnectionError):
         await poller.run_once()
     assert polls(metrics, "redis_unavailable") == 1
     assert timbal.calls == []
 
 
-async def test_interval_must_be_positive(r: aioredis.Redis) -> None:
+async def test_interval_must_be_positive(r: Redis) -> None:
     with pytest.raises(ValueError, match="interval"):
-        make_poller(r, ListingTimbal(), interval=0)
+        await make_poller(r, ListingTimbal(), interval=0)
 
 
 @pytest.mark.parametrize(
@@ -379,13 +383,15 @@ async def test_interval_must_be_positive(r: aioredis.Redis) -> None:
     [(15, 1, 15), (15, 2, 30), (15, 3, 60), (15, 5, 240), (15, 6, 300), (15, 60, 300)],
 )
 async def test_backoff_doubles_up_to_a_cap(
-    r: aioredis.Redis, interval: float, failures: int, expected: float
+    r: Redis, interval: float, failures: int, expected: float
 ) -> None:
-    assert make_poller(r, ListingTimbal(), interval=interval).backoff(failures) == expected
+    poller = await make_poller(r, ListingTimbal(), interval=interval)
+    assert poller.backoff(failures) == expected
 
 
-async def test_backoff_never_polls_faster_than_the_interval(r: aioredis.Redis) -> None:
-    assert make_poller(r, ListingTimbal(), interval=600).backoff(3) == 600
+async def test_backoff_never_polls_faster_than_the_interval(r: Redis) -> None:
+    poller = await make_poller(r, ListingTimbal(), interval=600)
+    assert poller.backoff(3) == 600
 
 
 # --- run_forever ------------------------------------------------------------------------------
@@ -422,30 +428,30 @@ def timed_timbal(fake: FakeTime, durations: list[float], **kwargs: Any) -> Listi
     return timbal
 
 
-async def test_run_forever_keeps_a_drift_free_grid(r: aioredis.Redis) -> None:
+async def test_run_forever_keeps_a_drift_free_grid(r: Redis) -> None:
     fake = FakeTime(waits=4)
     timbal = timed_timbal(fake, [3, 3, 3, 3, 3])
-    poller = make_poller(r, timbal, interval=10, monotonic=fake.monotonic, wait=fake.wait)
+    poller = await make_poller(r, timbal, interval=10, monotonic=fake.monotonic, wait=fake.wait)
     await poller.run_forever(asyncio.Event())
     assert fake.starts == [0, 10, 20, 30]
     assert fake.waited == [7, 7, 7, 7]
 
 
-async def test_run_forever_skips_ticks_an_overrunning_cycle_missed(r: aioredis.Redis) -> None:
+async def test_run_forever_skips_ticks_an_overrunning_cycle_missed(r: Redis) -> None:
     fake = FakeTime(waits=3)
     timbal = timed_timbal(fake, [1, 25, 1, 1])
-    poller = make_poller(r, timbal, interval=10, monotonic=fake.monotonic, wait=fake.wait)
+    poller = await make_poller(r, timbal, interval=10, monotonic=fake.monotonic, wait=fake.wait)
     await poller.run_forever(asyncio.Event())
     assert fake.starts == [0, 10, 40]  # the ticks at 20 and 30 were skipped, not bunched up
     assert fake.waited == [9, 5, 9]
 
 
-async def test_run_forever_backs_off_while_timbal_is_unavailable(r: aioredis.Redis) -> None:
+async def test_run_forever_backs_off_while_timbal_is_unavailable(r: Redis) -> None:
     fake = FakeTime(waits=6)
     failures: list[BaseException] = [TimbalUnavailable("503") for _ in range(4)]
     timbal = timed_timbal(fake, [], failures=failures)
     metrics = Metrics()
-    poller = make_poller(
+    poller = await make_poller(
         r, timbal, interval=10, metrics=metrics, monotonic=fake.monotonic, wait=fake.wait
     )
     await poller.run_forever(asyncio.Event())
@@ -454,10 +460,10 @@ async def test_run_forever_backs_off_while_timbal_is_unavailable(r: aioredis.Red
     assert polls(metrics, "ok") == 2
 
 
-async def test_run_forever_backs_off_while_redis_is_down(r: aioredis.Redis) -> None:
+async def test_run_forever_backs_off_while_redis_is_down(r: Redis) -> None:
     fake = FakeTime(waits=3)
     metrics = Metrics()
-    poller = make_poller(
+    poller = await make_poller(
         r,
         ListingTimbal(),
         interval=10,
@@ -471,35 +477,35 @@ async def test_run_forever_backs_off_while_redis_is_down(r: aioredis.Redis) -> N
     assert polls(metrics, "redis_unavailable") == 3
 
 
-async def test_run_forever_lets_a_bug_through(r: aioredis.Redis) -> None:
+async def test_run_forever_lets_a_bug_through(r: Redis) -> None:
     fake = FakeTime(waits=10)
     timbal = ListingTimbal(failures=[ValueError("a bug, not an outage")])
-    poller = make_poller(r, timbal, monotonic=fake.monotonic, wait=fake.wait)
+    poller = await make_poller(r, timbal, monotonic=fake.monotonic, wait=fake.wait)
     with pytest.raises(ValueError, match="a bug"):
         await poller.run_forever(asyncio.Event())
     assert fake.waited == []
 
 
-async def test_stop_during_a_cycle_ends_the_loop_without_waiting(r: aioredis.Redis) -> None:
+async def test_stop_during_a_cycle_ends_the_loop_without_waiting(r: Redis) -> None:
     fake = FakeTime(waits=10)
     stop = asyncio.Event()
     timbal = ListingTimbal(on_call=stop.set)
-    poller = make_poller(r, timbal, monotonic=fake.monotonic, wait=fake.wait)
+    poller = await make_poller(r, timbal, monotonic=fake.monotonic, wait=fake.wait)
     await poller.run_forever(stop)
     assert fake.waited == []
     assert len(timbal.calls) == 1
 
 
-async def test_run_forever_stops_promptly_and_gives_the_lease_up(r: aioredis.Redis) -> None:
+async def test_run_forever_stops_promptly_and_gives_the_lease_up(r: Redis) -> None:
     timbal = ListingTimbal()
-    poller = make_poller(r, timbal, interval=3600)  # the real wait: an hour between cycles
+    poller = await make_poller(r, timbal, interval=3600)  # the real wait: an hour between cycles
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run_forever(stop))
     deadline = time.monotonic() + 5
     while await last_poll(r, KEYS) is None:
         assert time.monotonic() < deadline, "the first cycle never ran"
         await asyncio.sleep(0.01)
-    lease = PollerLease(r, KEYS, holder="other", ttl=1)
+    lease = Lease(r, KEYS, key=KEYS.poller_lease, identity=identity("other"), ttl=1)
     assert await lease.current_holder() == "replica-a"
     stop.set()
     await asyncio.wait_for(task, timeout=5)  # not an hour

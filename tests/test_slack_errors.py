@@ -1,4 +1,4 @@
-"""What a failed Slack call means (pure table), and the history search's paging."""
+"""What a failed Slack call means (a table), and the sender's history search and metadata."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.alerts.send import EVENT_TYPE, AlertPoster, alert_metadata, posted_event_ids
-from bot.alerts.slack_errors import DEFAULT_RETRY_AFTER, Scope, SlackFailure, Verdict, classify
+from bot.alerts.failure import DEFAULT_RETRY_AFTER, FailureKind, Scope, SlackFailure
+from bot.alerts.send import EVENT_TYPE, SearchPage, SlackSender, metadata, posted_actions
+from bot.alerts.slack_errors import classify
+
+REFUSED_KEY = ConnectionKey("slack.test", 443, True, True, None, None, None)
 
 
 def api_error(status: int, data: Any, headers: dict[str, str] | None = None) -> SlackApiError:
@@ -33,36 +37,40 @@ def api_error(status: int, data: Any, headers: dict[str, str] | None = None) -> 
     ("error", "expected"),
     [
         (api_error(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "2"}),
-         SlackFailure(Verdict.RATE_LIMITED, "ratelimited", 2.0)),
+         SlackFailure(FailureKind.RATE_LIMITED, "ratelimited", 2.0)),
         (api_error(429, {"ok": False}, {"retry-after": "30"}),
-         SlackFailure(Verdict.RATE_LIMITED, "http_429", 30.0)),
+         SlackFailure(FailureKind.RATE_LIMITED, "http_429", 30.0)),
         (api_error(429, "", {"Retry-After": "soon"}),
-         SlackFailure(Verdict.RATE_LIMITED, "http_429", DEFAULT_RETRY_AFTER)),
+         SlackFailure(FailureKind.RATE_LIMITED, "http_429", DEFAULT_RETRY_AFTER)),
         (api_error(429, "", {}),
-         SlackFailure(Verdict.RATE_LIMITED, "http_429", DEFAULT_RETRY_AFTER)),
+         SlackFailure(FailureKind.RATE_LIMITED, "http_429", DEFAULT_RETRY_AFTER)),
         (api_error(429, "", {"Retry-After": "99999"}),
-         SlackFailure(Verdict.RATE_LIMITED, "http_429", 3600.0)),
-        (api_error(503, "upstream connect error"), SlackFailure(Verdict.RETRY, "http_503")),
+         SlackFailure(FailureKind.RATE_LIMITED, "http_429", 3600.0)),
+        (api_error(503, "upstream connect error"),
+         SlackFailure(FailureKind.RETRY, "http_503", maybe_sent=True)),
         (api_error(200, {"ok": False, "error": "internal_error"}),
-         SlackFailure(Verdict.RETRY, "internal_error")),
+         SlackFailure(FailureKind.RETRY, "internal_error", maybe_sent=True)),
         (api_error(200, {"ok": False, "error": "invalid_blocks"}),
-         SlackFailure(Verdict.INVALID, "invalid_blocks")),
+         SlackFailure(FailureKind.INVALID, "invalid_blocks")),
         (api_error(200, {"ok": False, "error": "msg_too_long"}),
-         SlackFailure(Verdict.INVALID, "msg_too_long")),
+         SlackFailure(FailureKind.INVALID, "msg_too_long")),
         (api_error(200, {"ok": False, "error": "channel_not_found"}),
-         SlackFailure(Verdict.PERMANENT, "channel_not_found", scope=Scope.CHANNEL)),
+         SlackFailure(FailureKind.PERMANENT, "channel_not_found", scope=Scope.CHANNEL)),
         (api_error(200, {"ok": False, "error": "is_archived"}),
-         SlackFailure(Verdict.PERMANENT, "is_archived", scope=Scope.CHANNEL)),
+         SlackFailure(FailureKind.PERMANENT, "is_archived", scope=Scope.CHANNEL)),
         (api_error(200, {"ok": False, "error": "invalid_auth"}),
-         SlackFailure(Verdict.PERMANENT, "invalid_auth", scope=Scope.WORKSPACE)),
+         SlackFailure(FailureKind.PERMANENT, "invalid_auth", scope=Scope.WORKSPACE)),
         (api_error(200, {"ok": False, "error": "missing_scope"}),
-         SlackFailure(Verdict.PERMANENT, "missing_scope", scope=Scope.WORKSPACE)),
+         SlackFailure(FailureKind.PERMANENT, "missing_scope", scope=Scope.WORKSPACE)),
         (api_error(200, {"ok": False, "error": "something_new"}),
-         SlackFailure(Verdict.PERMANENT, "something_new")),
+         SlackFailure(FailureKind.PERMANENT, "something_new")),
         (aiohttp.ClientConnectionError("refused"),
-         SlackFailure(Verdict.RETRY, "ClientConnectionError")),
-        (TimeoutError(), SlackFailure(Verdict.RETRY, "TimeoutError")),
-        (ConnectionResetError(), SlackFailure(Verdict.RETRY, "ConnectionResetError")),
+         SlackFailure(FailureKind.RETRY, "ClientConnectionError", maybe_sent=True)),
+        (TimeoutError(), SlackFailure(FailureKind.RETRY, "TimeoutError", maybe_sent=True)),
+        (ConnectionResetError(),
+         SlackFailure(FailureKind.RETRY, "ConnectionResetError", maybe_sent=True)),
+        (aiohttp.ClientConnectorError(REFUSED_KEY, OSError(111, "refused")),  # nothing was sent
+         SlackFailure(FailureKind.RETRY, "ClientConnectorError", maybe_sent=False)),
     ],
 )  # fmt: skip
 def test_classify(error: BaseException, expected: SlackFailure) -> None:
@@ -73,54 +81,54 @@ def test_other_exceptions_are_not_slack_failures() -> None:
     assert classify(ValueError("a bug")) is None
 
 
-def test_posted_event_ids_reads_only_our_metadata() -> None:
-    assert posted_event_ids({"metadata": alert_metadata(["a"])}) == (["a"], True)
-    assert posted_event_ids({"metadata": alert_metadata(["a", "b"])}) == (["a", "b"], False)
-    other = {"event_type": "someone_else", "event_payload": {"event_id": "a"}}
-    assert posted_event_ids({"metadata": other}) == ([], False)
-    assert posted_event_ids({"metadata": "junk"}) == ([], False)
-    assert posted_event_ids({}) == ([], False)
+def test_posted_actions_reads_only_our_metadata() -> None:
+    assert posted_actions({"metadata": metadata(["a|C|post"], ["a"])}) == ["a|C|post"]
+    assert posted_actions({"metadata": metadata(["a|C|post", "b|C|post"], ["a", "b"])}) == [
+        "a|C|post",
+        "b|C|post",
+    ]
+    other = {"event_type": "someone_else", "event_payload": {"actions": ["a|C|post"]}}
+    assert posted_actions({"metadata": other}) == []
+    assert posted_actions({"metadata": "junk"}) == []
+    assert posted_actions({"metadata": {"event_type": EVENT_TYPE, "event_payload": "x"}}) == []
+    assert posted_actions({}) == []
 
 
-async def test_history_search_follows_the_cursor_and_stops_when_all_are_found(
+async def test_history_search_is_one_page_at_a_time_and_follows_the_cursor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pages: dict[str | None, dict[str, Any]] = {
         None: {
             "messages": [
-                {"ts": "3.0", "metadata": alert_metadata(["x"])},
+                {"ts": "3.0", "metadata": metadata(["x"], ["x"])},
                 {"ts": "2.0", "text": "someone"},
             ],
             "response_metadata": {"next_cursor": "p2"},
         },
-        "p2": {
-            "messages": [{"ts": "1.0", "metadata": alert_metadata(["a", "b"])}],
-            "response_metadata": {"next_cursor": "p3"},
-        },
-        "p3": {"messages": [{"ts": "0.5", "metadata": alert_metadata(["c"])}]},
+        "p2": {"messages": [{"ts": "1.0", "metadata": metadata(["a", "b"], ["a", "b"])}]},
     }
     asked: list[dict[str, Any]] = []
 
     async def history(**kwargs: Any) -> dict[str, Any]:
         asked.append(kwargs)
-        return pages[kwargs["cursor"]]
+        return pages[kwargs.get("cursor")]
 
-    poster = AlertPoster(AsyncWebClient(token="xoxb-x"))
-    monkeypatch.setattr(poster._slack, "conversations_history", history)
-    since = datetime(2025, 3, 1, tzinfo=UTC)
-    found = await poster.find_posted("C1", {"a", "x"}, since=since)
-    assert found == {"x": ("3.0", True), "a": ("1.0", False)}
-    assert [a["cursor"] for a in asked] == [None, "p2"]  # stopped: all found
-    assert asked[0]["include_all_metadata"] is True
-    assert asked[0]["oldest"] == f"{since.timestamp():.6f}"
-    found = await poster.find_posted("C1", {"nope"}, since=since)
-    assert found == {} and [a["cursor"] for a in asked[2:]] == [None, "p2", "p3"]
+    sender = SlackSender(AsyncWebClient(token="xoxb-x"), timeout=5)
+    monkeypatch.setattr(sender._slack, "conversations_history", history)
+    oldest = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp() * 1000)
+    first = await sender.search("C1", {"a", "x"}, oldest_ms=oldest)
+    assert first == SearchPage(found={"x": "3.0"}, cursor="p2")
+    second = await sender.search("C1", {"a", "x"}, oldest_ms=oldest, cursor="p2")
+    assert second == SearchPage(found={"a": "1.0"}, cursor=None)
+    assert asked[0]["include_all_metadata"] is True and asked[0]["inclusive"] is True
+    assert asked[0]["oldest"] == f"{oldest / 1000:.6f}"
 
 
-def test_the_poster_never_retries_behind_our_back() -> None:
+def test_the_sender_never_retries_behind_our_back() -> None:
     client = AsyncWebClient(token="xoxb-x")
     assert client.retry_handlers  # slack_sdk's default: a connection-error retry
-    poster = AlertPoster(client)
-    assert poster._slack.retry_handlers == []
+    sender = SlackSender(client, timeout=7)
+    assert sender._slack.retry_handlers == []
+    assert sender._slack.timeout == 7
     assert client.retry_handlers  # the shared client (Bolt's) is left as it was
     assert EVENT_TYPE == "timbal_job_alert"

@@ -16,6 +16,7 @@ from bot.domain.events import JobEvent
 from bot.domain.models import Job
 from bot.domain.snapshot import DiffResult, JobSnapshot
 from bot.domain.states import StateClassifier
+from storage.connection import Redis
 from storage.keys import Keys
 from storage.outbox import SEEN_EVENTS_RETENTION, Outbox
 from storage.snapshots import SnapshotStore
@@ -39,7 +40,7 @@ def changes(previous: dict[str, JobSnapshot] | None, *jobs: Job) -> DiffResult:
     return diff(previous, list(jobs), NOW, org_id=KEYS.org_id, classifier=CLASSIFIER)
 
 
-async def outbox_entries(r: aioredis.Redis) -> list[dict[str, str]]:
+async def outbox_entries(r: Redis) -> list[dict[str, str]]:
     raw: Any = await r.xrange(KEYS.outbox)
     return [dict(fields) for _, fields in raw]
 
@@ -85,9 +86,10 @@ async def test_snapshots_without_the_marker_still_count_as_a_baseline(r: aioredi
 
 async def test_load_is_one_round_trip(r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     await Outbox(r, KEYS).commit(changes(None, *(job(f"j{i}") for i in range(300))), NOW)
-    await r.ping()  # the connection exists before counting starts
+    store = SnapshotStore(r, KEYS)
+    await store.load()  # the connection exists and the script is loaded before counting
     trips = count_round_trips(monkeypatch)
-    loaded = await SnapshotStore(r, KEYS).load()
+    loaded = await store.load()
     assert loaded is not None
     assert len(loaded) == 300
     assert trips.count == 1

@@ -1,429 +1,529 @@
-"""Delivering one channel's share of a batch: pause and pace, digest or not, claim, look for an
-earlier post, post, record; retry, back off or dead-letter. Used by `bot.alerts.notifier.Notifier`.
+"""One attempt at one unit of delivery: claim -> decide -> act -> record. Only I/O lives here;
+what to do next is always `bot.alerts.decide`'s verdict.
 
-Within a channel, stream order holds: the head of the queue goes first, and when it cannot go
-(paused, paced, busy at another consumer, failing) nothing after it goes either.
+A unit is one action, or several posts merged into a digest. The attempt runs under a local
+deadline a margin shorter than its claim's lease (both are extended together while a history
+search waits out Slack), so it is cancelled before the lease can lapse. Just before the Slack
+call the claim is checked again (`ActionRecords.begin`: same token, our heartbeat alive, lease
+left, pace gate free); the outcome is recorded only with the same token.
+
+The one window that remains: a process that freezes, after that check and before Slack has
+received the call, for longer than its heartbeat TTL (`HEARTBEAT_TTL_SECONDS`) can have its
+work taken over by another replica, and both may post.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
-from itertools import takewhile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
-from bot.alerts.render import render_alert, render_digest, render_minimal, with_mention
-from bot.alerts.send import AlertPoster, alert_metadata
-from bot.alerts.slack_errors import Scope, SlackFailure, Verdict, classify
-from bot.app.metrics import Metrics
-from bot.domain.events import EventKind, JobEvent
-from storage.delivery import (
-    Claim,
-    DeliveryRecord,
-    DeliveryState,
-    DeliveryStore,
-    OutboxEntry,
-    Pair,
+from bot.alerts.decide import (
+    AlreadyDone,
+    DeadLetter,
+    Facts,
+    Parent,
+    Policy,
+    Quarantine,
+    SearchFirst,
+    Send,
+    Skip,
+    Stage,
+    Verdict,
+    Wait,
+    WaitReason,
+    decide,
 )
+from bot.alerts.failure import Scope, SlackFailure, hint_for
+from bot.alerts.render import render_digest, render_minimal, with_mention
+from bot.alerts.send import SearchPage, SlackSender, metadata
+from bot.app.metrics import Metrics
+from bot.backoff import backoff
+from bot.domain.delivery import Action, ActionKind, ActionRecord, Message, RecordState
+from bot.domain.events import EventKind, JobEvent
+from storage.dead_letters import DeadLetters, Letter
+from storage.gates import BACKOFF, RATE_LIMITED, SlackGates
+from storage.records import ActionRecords, Claimed, ClaimReply, ClaimStatus, Release
 
 log = logging.getLogger("bot.alerts.notifier")
 
-HINTS = {
-    Scope.CHANNEL: "invite the bot to the channel or fix the channel id",
-    Scope.WORKSPACE: "check SLACK_BOT_TOKEN and the app's scopes",
-    Scope.MESSAGE: "the message was refused",
-}
+DIGEST = "digest"  # the reason recorded on the posts a digest carried
+# A channel-wide refusal (`channel_not_found`) dead-letters the channel's queued backlog without
+# calling Slack again, for at most this long and until the queue is empty.
+CHANNEL_REFUSAL_MEMORY = 60.0
+
+Tokens = list[tuple[str, int]]
 
 
-def sid(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable (milliseconds, sequence)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+@dataclass(frozen=True, slots=True)
+class Timing:
+    slack_timeout: float = 10.0  # seconds, one Slack call
+    margin: float = 5.0  # seconds between the local deadline and the claim's lease
+    pace: float = 1.0  # seconds between two messages to one channel
+
+    @property
+    def lease_ms(self) -> int:
+        """Covers one call, its plain-text retry, and the margin twice."""
+        return int((2 * self.slack_timeout + 2 * self.margin) * 1000)
+
+    @property
+    def deadline(self) -> float:
+        """The local deadline of an attempt, in seconds: the lease less the margin."""
+        return self.lease_ms / 1000 - self.margin
+
+    @property
+    def min_left_ms(self) -> int:
+        """Lease that must be left at `begin()` for the call to fit in it."""
+        return int((self.slack_timeout + self.margin) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """These actions are final now: the queue goes on."""
+
+    final: dict[str, ActionRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Nothing more for this channel for `seconds` (None: until delivery is resumed)."""
+
+    seconds: float | None
+    reason: str
+
+
+Outcome = Progress | Later
 
 
 @dataclass
-class NotifyResult:
-    """Figures of one batch. Deliveries are (event, channel) pairs; messages are posts."""
+class _Attempt:
+    channel: str
+    unit: Sequence[Action]
+    claims: dict[str, Claimed]
+    tokens: Tokens
+    facts: Facts
+    timeout: asyncio.Timeout
+    sending: bool = False
+    plain_text_tried: bool = False
+    found: dict[str, str] = field(default_factory=dict)
 
-    read: int = 0  # entries read (own pending + new)
-    sent: int = 0  # messages posted (a digest counts once)
-    digests: int = 0
-    retried: int = 0  # failed attempts that will be retried
-    dead_lettered: int = 0  # deliveries given up
-    deferred: int = 0  # deliveries left for a later batch (paused, paced, ordered, busy)
-    acked: int = 0
-    already_sent: int = 0  # found sent (record or channel history), not posted again
-    plain_text_fallback: int = 0
-    replies: int = 0  # thread replies posted
-
-    def line(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One routed outbox entry."""
-
-    entry: OutboxEntry
-    event_id: str
-    event: JobEvent
-    channels: tuple[str, ...]
-
-
-def is_open(record: DeliveryRecord | None) -> bool:
-    """Not yet delivered to the channel (nor dead-lettered)."""
-    return record is None or not record.done
-
-
-def first_open(ch: str, queue: list[Item], records: Mapping[Pair, DeliveryRecord]) -> Item | None:
-    """The channel's oldest item still to deliver: the head of its queue."""
-    return next((it for it in queue if is_open(records.get((it.event_id, ch)))), None)
-
-
-MAX_BUG_STRIKES = 5  # unexpected failures in a row before a channel's head is dead-lettered
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    digest_threshold: int = 5  # more events than this waiting for a channel: one digest
-    channel_min_interval: float = 1.0  # seconds between posts to one channel
-    max_digest: int = 50  # events in one digest (its metadata lists them all)
-    lease: timedelta = timedelta(seconds=30)  # another consumer's claim is live this long
-    retry_base: float = 1.0  # back-off after a 5xx / connection error, doubling...
-    retry_cap: float = 60.0  # ...up to this
-    history_margin: timedelta = timedelta(minutes=2)  # look this far before the first attempt
-    oncall_mention: str | None = None  # Slack markup (`<@U…>`) put on alerts with failures
+    def extend(self, seconds: float) -> None:
+        self.timeout.reschedule(asyncio.get_running_loop().time() + seconds)
 
 
 class ChannelDelivery:
-    """Delivers queues of items to channels; keeps each channel's back-off state."""
+    """Delivers units for any channel; keeps each channel's count of failures in a row."""
 
     def __init__(
         self,
         *,
-        store: DeliveryStore,
-        poster: AlertPoster,
+        records: ActionRecords,
+        gates: SlackGates,
+        dead_letters: DeadLetters,
+        sender: SlackSender,
         metrics: Metrics,
+        policy: Policy,
+        timing: Timing,
+        event_of: Callable[[Action], tuple[str, JobEvent]],
         clock: Callable[[], datetime],
-        policy: DeliveryPolicy,
-        consumer: str,
+        on_slack_trouble: Callable[[], None],
     ) -> None:
-        self._store = store
-        self._poster = poster
+        self._records = records
+        self._gates = gates
+        self._dead = dead_letters
+        self._sender = sender
         self._metrics = metrics
-        self._clock = clock
         self.policy = policy
-        self.consumer = consumer
-        self._failures: dict[str, int] = {}  # consecutive failures per channel (back-off)
+        self.timing = timing
+        self._event_of = event_of  # action -> (outbox entry id, event)
+        self._clock = clock
+        self._on_slack_trouble = on_slack_trouble
+        self.failures: dict[str, int] = {}  # channel -> transient failures in a row
+        self.refused: dict[str, tuple[str, float]] = {}  # channel -> (reason, monotonic until)
+        self.sent_ts: dict[str, str] = {}  # action id -> ts, for replies and updates
+        self.digested: set[str] = set()  # posts that went out inside a digest
+        self.unthreadable: set[str] = set()  # posts Slack refused a reply under
+        self.bugs: dict[str, str] = {}  # action id -> the last bug it hit (for its letter)
 
-    # --- one channel ----------------------------------------------------------------------
-    async def deliver(
-        self,
-        ch: str,
-        queue: list[Item],
-        records: dict[Pair, DeliveryRecord],
-        blocked_from: str | None,
-        result: NotifyResult,
-    ) -> None:
-        def open_(it: Item) -> bool:
-            return is_open(records.get((it.event_id, ch)))
-
-        def unsent(it: Item) -> bool:
-            record = records.get((it.event_id, ch))
-            return record is None or record.state is DeliveryState.IN_FLIGHT
-
+    # --- one unit ---------------------------------------------------------------------------
+    async def attempt(self, channel: str, unit: Sequence[Action]) -> Outcome:
+        ids = [a.id for a in unit]
+        reply = await self._records.claim(channel, ids, lease_ms=self.timing.lease_ms)
+        claims = reply.claims
+        tokens = [(a, c.record.token) for a, c in claims.items() if c.status is ClaimStatus.CLAIMED]
+        run: _Attempt | None = None
         try:
-            while True:
-                todo = [it for it in queue if open_(it)]
-                if blocked_from is not None:
-                    todo = [it for it in todo if sid(it.entry.id) < sid(blocked_from)]
-                if not todo or await self._store.pause_left(ch) > 0:
-                    return
-                head = todo[0]
-                record = records.get((head.event_id, ch))
-                if record is not None and record.state is DeliveryState.SENT:
-                    if not await self._reply(ch, head, record, records, result):
-                        return
-                    continue
-                run = list(takewhile(unsent, todo))
-                group = (
-                    run[: self.policy.max_digest]
-                    if len(run) > self.policy.digest_threshold
-                    else run[:1]
-                )
-                if not await self._store.acquire_gate(ch, self.policy.channel_min_interval):
-                    return
-                failure = await self._send(ch, group, records, result)
-                if failure is None:
-                    continue
-                if failure.verdict is not Verdict.PERMANENT:
-                    return  # paused, backing off, or busy elsewhere: later
-                if failure.scope is not Scope.MESSAGE:  # the rest would fail the same way
-                    await self._give_up(
-                        ch, [it for it in queue if open_(it)], failure, records, result
-                    )
-        finally:
-            result.deferred += sum(1 for it in queue if open_(it))
-
-    async def _send(
-        self,
-        ch: str,
-        group: list[Item],
-        records: dict[Pair, DeliveryRecord],
-        result: NotifyResult,
-    ) -> SlackFailure | None:
-        """Claim, look for an earlier post, post what is left, record. A failure that should
-        stop this channel for now is returned (after it has been dealt with)."""
-        now = self._clock()
-        lease = self.policy.lease
-        claims = await self._store.claim([(it.event_id, ch) for it in group], now=now, lease=lease)
-        # Another live consumer works on one: stop before it, to keep the order.
-        busy = [claims[(it.event_id, ch)][0] is Claim.BUSY for it in group]
-        usable = group[: busy.index(True)] if True in busy else group
-        if not usable:
-            return SlackFailure(Verdict.RETRY, "busy")
-        to_post: list[Item] = []
-        retry: list[tuple[Item, DeliveryRecord]] = []
-        for it in usable:
-            claim, record = claims[(it.event_id, ch)]
-            if claim is Claim.DONE and record is not None:
-                records[(it.event_id, ch)] = record
-                result.already_sent += 1
-            elif claim is Claim.RETRY and record is not None:
-                retry.append((it, record))
-            else:
-                to_post.append(it)
-        if retry:
-            try:
-                since = min(record.at for _, record in retry) - self.policy.history_margin
-                found = await self._poster.find_posted(
-                    ch, {it.event_id for it, _ in retry}, since=since
-                )
-            except Exception as exc:
-                failure = classify(exc)
-                if failure is None:
-                    raise
-                if failure.verdict in (Verdict.RATE_LIMITED, Verdict.RETRY):
-                    await self._retry_later(ch, failure, [], result)
-                    return failure
-                log.warning(
-                    "cannot check %s for earlier posts of %d alert(s) (conversations.history: "
-                    "%s); posting them (at least once). Use a channel id and grant "
-                    "channels:history / groups:history.",
-                    ch,
-                    len(retry),
-                    failure.reason,
-                )
-                found = {}
-            marks: dict[Pair, DeliveryRecord] = {}
-            for it, _ in retry:
-                if it.event_id in found:
-                    ts, single = found[it.event_id]
-                    due = self._replies_due(it) if single else 0
-                    marks[(it.event_id, ch)] = self._sent(now, ts, due)
-                    result.already_sent += 1
-                    log.info(
-                        "alert already in %s (ts=%s) after an interrupted attempt: "
-                        "not posting event=%r again",
-                        ch,
-                        ts,
-                        it.event_id,
-                    )
-                else:
-                    to_post.append(it)
-            records.update(marks)
-            await self._store.mark(marks)
-            to_post.sort(key=lambda it: sid(it.entry.id))
-        if not to_post:
-            return None
-        return await self._post_alert(ch, to_post, now, records, result)
-
-    async def _post_alert(
-        self,
-        ch: str,
-        items: list[Item],
-        now: datetime,
-        records: dict[Pair, DeliveryRecord],
-        result: NotifyResult,
-    ) -> SlackFailure | None:
-        try:
-            if len(items) == 1:
-                message = render_alert(items[0].event, now=now)
-            else:
-                message = render_digest([it.event for it in items], now=now)
-        except Exception:  # a rendering bug must not hold the channel's queue forever
-            log.exception(
-                "rendering %d alert(s) for %s failed; posting them as minimal text",
-                len(items),
-                ch,
+            async with asyncio.timeout(self.timing.deadline) as timeout:
+                facts = await self._facts(channel, unit, reply)
+                run = _Attempt(channel, unit, claims, tokens, facts, timeout)
+                return await self._act(run, decide(facts, self.policy))
+        except TimeoutError:
+            await self._release(tokens, self._interrupted(run))
+            log.warning(
+                "delivery to %s took longer than %.0fs: retrying", channel, self.timing.deadline
             )
-            message = render_minimal([it.event for it in items])
-        mention = self.policy.oncall_mention
-        if mention is not None and any(it.event.kind is EventKind.FAILED for it in items):
-            message = with_mention(message, mention)
-        metadata = alert_metadata([it.event_id for it in items])
-        pairs = [(it.event_id, ch) for it in items]
-        posted = await self._poster.post(ch, message, metadata)
-        ts, failure = posted.ts, posted.failure
-        if posted.plain_text:
-            self._metrics.messages.labels(outcome="plain_text_fallback").inc()
-            result.plain_text_fallback += 1
-        if failure is not None:
-            if failure.verdict is Verdict.PERMANENT:
-                await self._give_up(ch, items, failure, records, result)
-            else:
-                await self._retry_later(ch, failure, pairs, result)
-            return failure
-        assert ts is not None
-        marks = {p: self._sent(now, ts, len(message.thread_chunks)) for p in pairs}
-        records.update(marks)
-        await self._store.mark(marks)
-        self._failures.pop(ch, None)
-        self._metrics.messages.labels(outcome="sent").inc()
-        result.sent += 1
-        result.digests += len(items) > 1
-        digest = f" digest_of={len(items)}" if len(items) > 1 else ""
-        for it in items:  # one line per event, whether it went alone or in a digest
+            return Later(0.0, "deadline")
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release(tokens, self._interrupted(run)))
+            raise
+        except Exception as exc:
+            log.exception("delivery to %s failed with a bug; retrying (strike kept)", channel)
+            for action_id in ids:
+                self.bugs[action_id] = repr(exc)[:500]
+            with contextlib.suppress(Exception):
+                await self._release(tokens, Release.BUG)
+            return Later(self._backoff_seconds(channel), "bug")
+
+    @staticmethod
+    def _interrupted(run: _Attempt | None) -> Release:
+        return Release.MAYBE_POSTED if run is not None and run.sending else Release.UNUSED
+
+    async def _facts(self, channel: str, unit: Sequence[Action], reply: ClaimReply) -> Facts:
+        gates, claims = reply.gates, reply.claims.values()
+        mine = [c.record for c in claims if c.status is ClaimStatus.CLAIMED]
+        held = [c.record for c in claims if c.status is ClaimStatus.HELD]
+        doubts = [r.doubt_since or r.first_at for r in mine if r.doubt]
+        refused, until = self.refused.get(channel, ("", 0.0))
+        return Facts(
+            now=gates.now,
+            done=any(c.status is ClaimStatus.DONE for c in claims),
+            held_until=max((r.lease_until for r in held), default=0),
+            strikes=max((r.strikes for r in mine), default=0),
+            doubt_since=min(doubts, default=0),
+            workspace_paused=bool(gates.workspace),
+            pause_left=gates.pause_left,
+            pace_left=gates.pace_left,
+            channel_refused=refused if until > asyncio.get_running_loop().time() else "",
+            parent=await self._parent(unit[0]),
+            channel_failures=self.failures.get(channel, 0),
+            jitter=random.random(),
+        )
+
+    async def _parent(self, action: Action) -> Parent:
+        if action.target is None:
+            return Parent.NONE
+        if action.target in self.digested or action.target in self.unthreadable:
+            return Parent.GONE
+        if action.target in self.sent_ts:
+            return Parent.SENT
+        record = (await self._records.read([action.target])).get(action.target)
+        if record is None or not record.final:
+            return Parent.PENDING
+        self._remember(action.target, record)
+        if record.state is RecordState.SENT and record.ts and record.reason != DIGEST:
+            return Parent.SENT
+        return Parent.GONE
+
+    # --- verdicts ---------------------------------------------------------------------------
+    async def _act(self, run: _Attempt, verdict: Verdict) -> Outcome:
+        while True:
+            if isinstance(verdict, AlreadyDone):
+                await self._release(run.tokens, Release.UNUSED)
+                final = {a: c.record for a, c in run.claims.items() if c.status is ClaimStatus.DONE}
+                for action_id, record in final.items():
+                    self._remember(action_id, record)
+                return Progress(final)
+            if isinstance(verdict, Wait):
+                return await self._wait(run, verdict, None)
+            if isinstance(verdict, Quarantine):
+                return await self._quarantine(run, verdict)
+            if isinstance(verdict, Skip):
+                return await self._finish(run.tokens, RecordState.SKIPPED, reason=verdict.reason)
+            if isinstance(verdict, DeadLetter):
+                return await self._dead_letter(run, verdict.reason)
+            if isinstance(verdict, SearchFirst):
+                found = await self._search(run, verdict)
+                if isinstance(found, Progress | Later):
+                    return found
+                verdict = found
+                continue
+            sent = await self._send(run, verdict)
+            if isinstance(sent, Progress | Later):
+                return sent
+            verdict = sent
+
+    async def _wait(self, run: _Attempt, verdict: Wait, failure: SlackFailure | None) -> Later:
+        channel, now = run.channel, run.facts.now
+        seconds = None if verdict.until is None else max(verdict.until - now, 0) / 1000
+        release = Release.UNUSED
+        if failure is not None and verdict.reason is WaitReason.RATE_LIMITED:
+            assert verdict.until is not None
+            await self._gates.pause(channel, verdict.until - now, RATE_LIMITED)
+            self.failures.pop(channel, None)  # after its Retry-After, start afresh
+            self._metrics.slack_ratelimited.inc()
+            self._metrics.messages.labels(outcome="retried").inc()
+            log.warning("Slack rate-limited %s: pausing that channel for %.1fs", channel, seconds)
+            release = Release.NOT_POSTED
+        elif failure is not None and verdict.reason is WaitReason.BACKOFF:
+            assert verdict.until is not None
+            await self._gates.pause(channel, verdict.until - now, BACKOFF)
+            n = self.failures[channel] = self.failures.get(channel, 0) + 1
+            self._metrics.messages.labels(outcome="retried").inc()
+            self._on_slack_trouble()
+            log.warning(
+                "Slack failed for %s (%s): retry %d in %.1fs", channel, failure.reason, n, seconds
+            )
+            release = Release.NOT_POSTED
+        elif failure is not None and verdict.reason is WaitReason.WORKSPACE:
+            hint = hint_for(failure.reason)
+            if failure.needed:
+                hint += f" (Slack says it needs: {failure.needed})"
+            since = await self._gates.pause_workspace(failure.reason, hint)
+            if since >= now - 1000:  # this attempt paused it: say so here, once
+                log.error(
+                    "Slack refused the bot's token (%s): all delivery is paused and nothing is "
+                    "dead-lettered; %s. Delivery resumes by itself once auth.test works.",
+                    failure.reason,
+                    hint,
+                )
+            release = Release.NOT_POSTED
+        if run.sending:  # the call may have gone through: the next attempt searches first
+            release = Release.MAYBE_POSTED
+        await self._release(run.tokens, release)
+        return Later(seconds, verdict.reason.value)
+
+    async def _search(self, run: _Attempt, verdict: SearchFirst) -> Verdict | Outcome:
+        wanted = {a for a, _ in run.tokens}
+        head = run.unit[0]
+        thread = self.sent_ts.get(head.target) if head.target else None
+        cursor: str | None = None
+        while True:
+            page = await self._sender.search(
+                run.channel, wanted, oldest_ms=verdict.oldest, thread_ts=thread, cursor=cursor
+            )
+            if isinstance(page, SearchPage):
+                run.found |= page.found
+                cursor = page.cursor
+                if wanted <= run.found.keys() or cursor is None:
+                    break
+                continue
+            after = decide(replace(run.facts, failure=page, stage=Stage.SEARCH), self.policy)
+            if isinstance(after, Wait) and after.keep_claim and after.until is not None:
+                wait_ms = max(after.until - run.facts.now, 0)
+                if not await self._records.renew(
+                    run.tokens, lease_ms=wait_ms + self.timing.lease_ms
+                ):
+                    return Later(0.0, "claim_lost")
+                run.extend(wait_ms / 1000 + self.timing.deadline)
+                log.info(
+                    "cannot read the history of %s yet (%s): searching on in %.1fs",
+                    run.channel,
+                    page.reason,
+                    wait_ms / 1000,
+                )
+                await asyncio.sleep(wait_ms / 1000)
+                continue
+            if isinstance(after, Send):
+                log.warning(
+                    "cannot check %s for an earlier post of %d action(s) (%s); sending them "
+                    "(at least once). Use a channel id and grant channels:history / "
+                    "groups:history.",
+                    run.channel,
+                    len(wanted),
+                    page.reason,
+                )
+                return after
+            assert isinstance(after, Wait)
+            return await self._wait(run, after, page)
+        if not run.found:
+            return decide(replace(run.facts, doubt_since=0), self.policy)
+        final: dict[str, ActionRecord] = {}
+        for action_id, ts in run.found.items():
+            log.info(
+                "already in %s (ts=%s) after an interrupted attempt: not sending %r again",
+                run.channel,
+                ts,
+                action_id,
+            )
+            token = dict(run.tokens)[action_id]
+            done = await self._finish([(action_id, token)], RecordState.SENT, ts=ts)
+            final |= done.final
+        await self._release([(a, t) for a, t in run.tokens if a not in run.found], Release.UNUSED)
+        self._metrics.messages.labels(outcome="found_after_interruption").inc(len(final))
+        return Progress(final)
+
+    async def _send(self, run: _Attempt, verdict: Send) -> Verdict | Outcome:
+        pace = -1 if verdict.plain_text else int(self.timing.pace * 1000)
+        begun = await self._records.begin(
+            run.channel, run.tokens, min_left_ms=self.timing.min_left_ms, pace_ms=pace
+        )
+        if not begun.ok:
+            await self._release(run.tokens, Release.UNUSED)
+            if begun.paced_for:
+                return Later(begun.paced_for / 1000, "paced")
+            log.warning("claim on %s lost before sending (%s)", run.channel, begun.lost)
+            return Later(0.0, "claim_lost")
+        message, meta, events = self._message(run.unit)
+        run.sending = True
+        result = await self._call(run, message, meta, plain_text=verdict.plain_text)
+        if isinstance(result, str):
+            outcome = await self._finish(
+                run.tokens, RecordState.SENT, ts=result, reason=DIGEST if len(run.unit) > 1 else ""
+            )
+            run.sending = False
+            self.failures.pop(run.channel, None)
+            self._metrics.messages.labels(outcome="sent").inc()
+            if verdict.plain_text:
+                self._metrics.messages.labels(outcome="plain_text_fallback").inc()
+            self._log_sent(run.channel, run.unit, events, result)
+            return outcome
+        facts = replace(
+            run.facts, failure=result, stage=Stage.SEND, plain_text_tried=verdict.plain_text
+        )
+        after = decide(facts, self.policy)
+        if isinstance(after, Send):
+            log.warning(
+                "Slack refused the message for %s (%s): retrying as plain text",
+                run.channel,
+                result.reason,
+            )
+            return after
+        run.sending = result.maybe_sent
+        if isinstance(after, DeadLetter):
+            head = run.unit[0]
+            if head.kind is ActionKind.REPLY and head.target and result.scope is Scope.MESSAGE:
+                self.unthreadable.add(head.target)  # the rest of its thread would fail too
+            if result.scope is Scope.CHANNEL:
+                until = asyncio.get_running_loop().time() + CHANNEL_REFUSAL_MEMORY
+                self.refused[run.channel] = (after.reason, until)
+            return await self._dead_letter(run, after.reason)
+        assert isinstance(after, Wait)
+        return await self._wait(run, after, result)
+
+    async def _call(
+        self, run: _Attempt, message: Message, meta: dict[str, object], *, plain_text: bool
+    ) -> str | SlackFailure:
+        head = run.unit[0]
+        if head.kind is ActionKind.POST:
+            return await self._sender.post(run.channel, message, meta, plain_text=plain_text)
+        target = self.sent_ts.get(head.target or "", "")
+        if head.kind is ActionKind.REPLY:
+            return await self._sender.post(
+                run.channel, message, meta, thread_ts=target, plain_text=plain_text
+            )
+        return await self._sender.update(run.channel, target, message, meta, plain_text=plain_text)
+
+    def _message(self, unit: Sequence[Action]) -> tuple[Message, dict[str, object], list[JobEvent]]:
+        events = [self._event_of(a)[1] for a in unit]
+        meta = metadata([a.id for a in unit], [e for a in unit for e in a.event_ids])
+        if len(unit) == 1:
+            return unit[0].message, meta, events
+        try:
+            alert = render_digest(events, now=self._clock())
+        except Exception:  # a rendering bug must not hold the channel's queue
+            log.exception("rendering a digest of %d alerts failed; sending minimal text", len(unit))
+            alert = render_minimal(events)
+        mention = next((a.mention for a in unit if a.mention), None)
+        if mention and any(e.kind is EventKind.FAILED for e in events):
+            alert = with_mention(alert, mention)
+        return Message(text=alert.text, blocks=alert.blocks), meta, events
+
+    def _log_sent(
+        self, channel: str, unit: Sequence[Action], events: list[JobEvent], ts: str
+    ) -> None:
+        digest = f" digest_of={len(unit)}" if len(unit) > 1 else ""
+        for action, event in zip(unit, events, strict=True):
+            if action.kind is not ActionKind.POST:
+                log.info(
+                    "%s sent action=%r channel=%s ts=%s", action.kind.value, action.id, channel, ts
+                )
+                continue
             log.info(
                 "alert sent event=%r kind=%s connector=%r channel=%s ts=%s%s",
-                it.event_id,
-                it.event.kind.value,
-                it.event.job.connector_id,
-                ch,
+                event.event_id,
+                event.kind.value,
+                event.job.connector_id,
+                channel,
                 ts,
                 digest,
             )
-        return None
 
-    async def _reply(
-        self,
-        ch: str,
-        item: Item,
-        record: DeliveryRecord,
-        records: dict[Pair, DeliveryRecord],
-        result: NotifyResult,
-    ) -> bool:
-        """Post the next thread reply of a sent alert (best effort). False: stop for now."""
-        if not await self._store.acquire_gate(ch, self.policy.channel_min_interval):
-            return False
-        chunks = render_alert(item.event, now=self._clock()).thread_chunks
-        done = record.model_copy(update={"replies": record.replies_due})
-        if record.replies < len(chunks) and record.ts is not None:
-            failure = await self._poster.reply(ch, record.ts, chunks[record.replies])
-            if failure is None:
-                done = record.model_copy(update={"replies": record.replies + 1})
-                result.replies += 1
-            elif failure.verdict is Verdict.RATE_LIMITED:
-                await self._retry_later(ch, failure, [], result)
-                return False
-            else:
-                log.warning(
-                    "thread reply %d/%d for %r in %s failed (%s); the rest of the error text "
-                    "is not threaded",
-                    record.replies + 1,
-                    len(chunks),
-                    item.event_id,
-                    ch,
-                    failure.reason,
+    # --- outcomes ---------------------------------------------------------------------------
+    async def _finish(
+        self, tokens: Tokens, state: RecordState, *, ts: str = "", reason: str = ""
+    ) -> Progress:
+        lost = set(await self._records.finish(tokens, state, ts=ts, reason=reason))
+        if lost:
+            log.warning("%d claim(s) were taken over before their outcome was recorded", len(lost))
+        final: dict[str, ActionRecord] = {}
+        for action_id, _ in tokens:
+            if action_id not in lost:
+                final[action_id] = ActionRecord(state=state, ts=ts or None, reason=reason or None)
+                self._remember(action_id, final[action_id])
+        return Progress(final)
+
+    def forget(self, action_id: str) -> None:
+        """Drop what is kept in memory about an action whose entry is done."""
+        self.sent_ts.pop(action_id, None)
+        self.digested.discard(action_id)
+        self.unthreadable.discard(action_id)
+        self.bugs.pop(action_id, None)
+
+    def _remember(self, action_id: str, record: ActionRecord) -> None:
+        if record.state is RecordState.SENT and record.ts:
+            self.sent_ts[action_id] = record.ts
+            if record.reason == DIGEST:
+                self.digested.add(action_id)
+
+    async def _release(self, tokens: Tokens, mode: Release) -> None:
+        if tokens:
+            await self._records.release(tokens, mode)
+
+    async def _quarantine(self, run: _Attempt, verdict: Quarantine) -> Progress:
+        log.error(
+            "%d action(s) for %s failed %d times without an answer from Slack (a bug, or the "
+            "process died on them): dead-lettered as bot_error so the channel moves on; "
+            "`timbal-jobs-bot dead-letters --replay` sends them once fixed",
+            len(run.tokens),
+            run.channel,
+            verdict.strikes,
+        )
+        self._metrics.messages.labels(outcome="quarantined").inc(len(run.tokens))
+        bug = next((self.bugs[a] for a, _ in run.tokens if a in self.bugs), "")
+        detail = (
+            f"{verdict.strikes} attempts; last: {bug}"
+            if bug
+            else (f"{verdict.strikes} attempts that never finished (the process died on them?)")
+        )
+        return await self._dead_letter(run, "bot_error", detail)
+
+    async def _dead_letter(self, run: _Attempt, reason: str, detail: str = "") -> Progress:
+        mine = {a for a, _ in run.tokens}
+        letters = []
+        for action in run.unit:
+            if action.id in mine:
+                entry_id, event = self._event_of(action)
+                letters.append(
+                    Letter(
+                        entry_id=entry_id,
+                        event_id=event.event_id,
+                        event=event.model_dump_json(),
+                        channel=run.channel,
+                        action_id=action.id,
+                        reason=reason,
+                        detail=detail,
+                        consumer=self._records.identity.replica,
+                    )
                 )
-        records[(item.event_id, ch)] = done
-        await self._store.mark({(item.event_id, ch): done})
-        return True
-
-    # --- outcomes -------------------------------------------------------------------------
-    def _sent(self, now: datetime, ts: str, replies_due: int) -> DeliveryRecord:
-        return DeliveryRecord(
-            state=DeliveryState.SENT, at=now, ts=ts, consumer=self.consumer, replies_due=replies_due
-        )
-
-    def _replies_due(self, item: Item) -> int:
-        if item.event.kind is not EventKind.FAILED:
-            return 0
-        return len(render_alert(item.event, now=self._clock()).thread_chunks)
-
-    async def _retry_later(
-        self, ch: str, failure: SlackFailure, not_posted: list[Pair], result: NotifyResult
-    ) -> None:
-        if failure.verdict is Verdict.RATE_LIMITED:
-            # Slack did not take the message: no doubt is left for the in-flight records.
-            await self._store.forget(not_posted)
-            self._metrics.slack_ratelimited.inc()
-            self._metrics.messages.labels(outcome="retried").inc()
-            result.retried += 1
-            wait = failure.retry_after or 1.0
-            await self._store.pause(ch, wait)
-            log.warning("Slack rate-limited %s: pausing that channel for %.1fs", ch, wait)
-        else:
-            await self.back_off(ch, failure.reason, result)
-
-    async def back_off(self, ch: str, reason: str, result: NotifyResult) -> None:
-        attempt = self._failures[ch] = self._failures.get(ch, 0) + 1
-        wait = min(self.policy.retry_base * 2 ** min(attempt - 1, 30), self.policy.retry_cap)
-        wait *= random.uniform(0.8, 1.0)  # replicas do not retry in lockstep
-        await self._store.pause(ch, wait)
-        self._metrics.messages.labels(outcome="retried").inc()
-        result.retried += 1
-        log.warning("Slack failed for %s (%s): retry %d in %.1fs", ch, reason, attempt, wait)
-
-    async def quarantine(
-        self,
-        ch: str,
-        queue: list[Item],
-        records: dict[Pair, DeliveryRecord],
-        error: Exception,
-        result: NotifyResult,
-    ) -> None:
-        """Dead-letter the channel's first open item after it kept failing with a bug, so
-        the alerts behind it can flow (`dead-letters --replay` sends it once fixed)."""
-        head = first_open(ch, queue, records)
-        if head is None:
-            return
-        record = DeliveryRecord(state=DeliveryState.DEAD_LETTERED, at=self._clock())
-        await self.dead_letter([head.entry], ch, "bot_error", repr(error)[:500], result)
-        records[(head.event_id, ch)] = record
-        await self._store.mark({(head.event_id, ch): record})
-        log.error(
-            "alert event=%r for %s failed %d times with a bug (%s): dead-lettered so the "
-            "channel's queue moves on",
-            head.event_id,
-            ch,
-            MAX_BUG_STRIKES,
-            type(error).__name__,
-        )
-
-    async def _give_up(
-        self,
-        ch: str,
-        items: list[Item],
-        failure: SlackFailure,
-        records: dict[Pair, DeliveryRecord],
-        result: NotifyResult,
-    ) -> None:
-        now = self._clock()
-        marks = {
-            (it.event_id, ch): DeliveryRecord(
-                state=DeliveryState.DEAD_LETTERED, at=now, consumer=self.consumer
+        await self._dead.add(letters)
+        self._metrics.messages.labels(outcome="dead_lettered").inc(len(letters))
+        if reason != "bot_error":
+            log.error(
+                "Slack refused %d action(s) for %s permanently (%s): dead-lettered; %s",
+                len(letters),
+                run.channel,
+                reason,
+                hint_for(reason),
             )
-            for it in items
-        }
-        await self.dead_letter([it.entry for it in items], ch, failure.reason, "", result)
-        records.update(marks)
-        await self._store.mark(marks)
-        log.error(
-            "Slack refused %d alert(s) for %s permanently (%s): dead-lettered; %s",
-            len(items),
-            ch,
-            failure.reason,
-            HINTS[failure.scope],
-        )
+        return await self._finish(run.tokens, RecordState.DEAD, reason=reason)
 
-    async def dead_letter(
-        self, entries: list[OutboxEntry], ch: str, reason: str, detail: str, result: NotifyResult
-    ) -> None:
-        now = self._clock()
-        for entry in entries:
-            await self._store.dead_letter(entry, ch, reason, detail=detail, now=now)
-        self._metrics.messages.labels(outcome="dead_lettered").inc(len(entries))
-        result.dead_lettered += len(entries)
+    def _backoff_seconds(self, channel: str) -> float:
+        n = self.failures.get(channel, 0) + 1
+        return backoff(
+            n, base=self.policy.backoff_base, cap=self.policy.backoff_cap, jitter=random.random()
+        )

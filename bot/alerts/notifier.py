@@ -1,306 +1,567 @@
-"""The notifier: outbox -> route -> per channel (pause, pace, digest) -> Slack -> record -> ack.
+"""The notifier: outbox -> route -> plan -> per-channel delivery -> ack, on one replica at a time.
 
-Exactly once, across crashes and replicas:
+One replica holds the org's delivery lease and delivers; the others stand by and take over
+within seconds of its heartbeat lapsing (`storage.replicas`, `storage.lease`). Slack's limits
+(about one message per second per channel), not CPU, bound delivery, so a single deliverer
+loses nothing and keeps each channel's order without coordination. On taking over, it adopts
+every entry other consumers still hold, then reads new ones.
 
-1. Before a post, each (event, channel) is *claimed*: recorded `in_flight` in Redis.
-2. The message carries Slack metadata `{"event_type": "timbal_job_alert", "event_payload":
-   {"event_id": ...}}` (a digest: `{"event_ids": [...]}`).
-3. After Slack's `ok`, the record becomes `sent`; once every routed channel of an entry is
-   sent (or dead-lettered), the entry is XACKed and XDELeted.
-4. A claim that finds `in_flight` (we may have posted, then crashed) first reads the channel's
-   history (`conversations.history`, `include_all_metadata`) for a message with that event id;
-   found -> recorded `sent`, not posted again. (Scopes: channels:history / groups:history.)
-   A record that says `sent` -> just acknowledged.
+Each entry is routed (`Router`) and planned (`bot.alerts.plan`) once; the plan is stored, so
+its actions never change. Actions queue per channel, in stream order, and a worker task per
+channel delivers its queue head by head (`bot.alerts.deliver`): a paused, paced or failing
+channel holds back only itself. Several waiting posts in a channel become one digest. An
+entry is acknowledged and deleted once every action planned from it is final.
 
-Never block the queue: each channel is worked on its own; a paused (429 Retry-After, back-off)
-or paced channel is deferred while the others flow; within a channel, stream order holds
-(nothing is posted for a channel while an earlier entry for it is still pending, here or at
-another consumer). Permanent errors dead-letter and move on; `invalid_blocks` /
-`msg_too_long` get one plain-text retry. A failure whose error text was cut gets the full text
-as thread replies afterwards (best effort, paced like every post, never re-posting the main
-message). One log line per batch.
+A probe watches Slack: after transient failures it calls `auth.test` every second, and when
+Slack answers again every back-off is lifted at once; while all delivery is paused (a token or
+scope problem) it calls `auth.test` until it works, logs one line a minute meanwhile, and then
+resumes. `run_once()` is one pass (what tests call); `run_forever(stop)` loops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.alerts.deliver import (
-    MAX_BUG_STRIKES,
-    ChannelDelivery,
-    DeliveryPolicy,
-    Item,
-    NotifyResult,
-    first_open,
-    is_open,
-    sid,
-)
-from bot.alerts.route import Router, distinct_channels
-from bot.alerts.send import AlertPoster
+from bot.alerts.decide import Policy
+from bot.alerts.deliver import ChannelDelivery, Later, Progress, Timing
+from bot.alerts.failure import FailureKind
+from bot.alerts.plan import plan_entry
+from bot.alerts.render import AlertMessage, render_minimal
+from bot.alerts.route import Router, distinct
+from bot.alerts.send import SlackSender
 from bot.app.metrics import Metrics
-from storage.delivery import DeliveryStore, OutboxEntry, Pair
+from bot.backoff import backoff
+from bot.domain.delivery import Action, ActionKind, Message, Plan
+from bot.domain.events import JobEvent
+from storage.connection import Redis
+from storage.consumer import OutboxConsumer, OutboxEntry, stream_order
+from storage.dead_letters import DeadLetters, Letter
+from storage.gates import SlackGates
 from storage.keys import Keys
-
-__all__ = ["Notifier", "NotifyResult"]
+from storage.lease import Lease
+from storage.plans import PlanStore
+from storage.records import ActionRecords
+from storage.replicas import Identity, Replicas
 
 log = logging.getLogger(__name__)
+
+WEEK_MS = 7 * 24 * 3600 * 1000
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Notifier:
-    """Delivers outbox entries to Slack. `run_once()` is one batch; `run_forever()` loops."""
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    digest_threshold: int = 5  # more posts than this waiting in a channel: one digest
+    max_digest: int = 50  # posts in one digest (its metadata names them all)
+    batch_size: int = 100  # entries read at a time
+    max_pending: int = 1000  # entries held in memory at most
+    block: float = 1.0  # seconds a read waits for new entries when there is nothing to do
+    standby_poll: float = 0.5  # seconds between lease checks while another replica delivers
+    lease_ttl: float = 10.0  # the delivery lease (taken over at once when its holder is dead)
+    adopt_every: float = 5.0  # seconds between looks for entries other consumers left
+    probe_every: float = 1.0  # auth.test while Slack fails
+    paused_probe_every: float = 10.0  # auth.test while all delivery is paused
+    paused_log_every: float = 60.0
+    max_concurrent: int = 20  # Slack calls in flight at once
+    grace: float = 1.0  # seconds running attempts get to finish when standing down
+    record_retention_ms: int = WEEK_MS
+    prune_every: float = 600.0
+    timing: Timing = field(default_factory=Timing)
+    policy: Policy = field(default_factory=Policy)
 
+
+@dataclass
+class Batch:
+    """Figures of one pass, for the log line and for tests."""
+
+    active: bool = True
+    read: int = 0  # entries read (own pending, adopted, new)
+    planned: int = 0
+    final: int = 0  # actions that became final
+    acked: int = 0  # entries acknowledged
+    waiting: int = 0  # channels waiting (paused, paced, held, Slack down)
+
+    def line(self) -> str:
+        return (
+            f"read={self.read} planned={self.planned} final={self.final} "
+            f"acked={self.acked} waiting={self.waiting}"
+        )
+
+
+@dataclass
+class _Entry:
+    entry: OutboxEntry
+    event: JobEvent | None
+    plan: Plan | None
+    open: set[str]
+
+
+class Notifier:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis,
-        slack: AsyncWebClient,
+        redis: Redis,
         keys: Keys,
+        slack: AsyncWebClient,
         router: Router,
+        identity: Identity,
         metrics: Metrics,
-        consumer: str,
-        digest_threshold: int = 5,
-        channel_min_interval: float = 1.0,
+        config: NotifierConfig | None = None,
         clock: Callable[[], datetime] = _utcnow,
-        batch_size: int = 100,
-        max_pending: int = 1000,
-        max_digest: int = 50,
-        block: float = 1.0,
-        idle_wait: float = 0.2,
-        reclaim_idle: float = 30.0,
-        retry_base: float = 1.0,
-        retry_cap: float = 60.0,
-        history_margin: float = 120.0,
-        record_retention: timedelta = timedelta(days=7),
-        prune_every: float = 600.0,
-        oncall_mention: str | None = None,
     ) -> None:
-        self._store = DeliveryStore(redis, keys, consumer=consumer, reclaim_idle=reclaim_idle)
-        self.policy = DeliveryPolicy(
-            digest_threshold=digest_threshold,
-            channel_min_interval=channel_min_interval,
-            max_digest=max(max_digest, 2),
-            lease=timedelta(seconds=reclaim_idle),
-            retry_base=retry_base,
-            retry_cap=retry_cap,
-            history_margin=timedelta(seconds=history_margin),
-            oncall_mention=oncall_mention,
-        )
-        self._delivery = ChannelDelivery(
-            store=self._store,
-            poster=AlertPoster(slack),  # a copy of the client, without hidden retries
-            metrics=metrics,
-            clock=clock,
-            policy=self.policy,
-            consumer=consumer,
-        )
+        self.config = config or NotifierConfig()
+        self.identity = identity
         self._router = router
         self._metrics = metrics
-        # channel -> (its first open entry, unexpected failures in a row on that entry)
-        self._strikes: dict[str, tuple[str | None, int]] = {}
-        self.consumer = consumer
         self._clock = clock
-        self.batch_size = batch_size
-        self.max_pending = max_pending
-        self.block = block
-        self.idle_wait = idle_wait
-        self.record_retention = record_retention
-        self.prune_every = prune_every
+        self.consumer = OutboxConsumer(redis, keys, consumer=identity.replica)
+        self.records = ActionRecords(redis, keys, identity)
+        self.gates = SlackGates(redis, keys)
+        self.dead_letters = DeadLetters(redis, keys)
+        self.plans = PlanStore(redis, keys)
+        self.lease = Lease(
+            redis, keys, key=keys.notifier_lease, identity=identity, ttl=self.config.lease_ttl
+        )
+        self._replicas = Replicas(redis, keys, identity)
+        self._sender = SlackSender(slack, timeout=self.config.timing.slack_timeout)
+        self.delivery = ChannelDelivery(
+            records=self.records,
+            gates=self.gates,
+            dead_letters=self.dead_letters,
+            sender=self._sender,
+            metrics=metrics,
+            policy=self.config.policy,
+            timing=self.config.timing,
+            event_of=self._event_of,
+            clock=clock,
+            on_slack_trouble=self._slack_trouble,
+        )
+        self._limit = asyncio.Semaphore(self.config.max_concurrent)
+        self.active = False
         self._group_ready = False
-        self._last_prune = 0.0
+        self._entries: dict[str, _Entry] = {}
+        self._action_entry: dict[str, str] = {}
+        self._queues: dict[str, list[Action]] = {}
+        self._order: dict[str, list[tuple[tuple[int, int], int]]] = {}
+        self._ready_at: dict[str, float] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._last_adopt = -math.inf
+        self._last_prune = time.monotonic()
+        self._trouble = asyncio.Event()
+        self._probe_failed = False
+        self._paused_logged = -math.inf
+        self._moved = Batch()
 
-    @property
-    def store(self) -> DeliveryStore:
-        return self._store
-
-    # --- the loop -------------------------------------------------------------------------
+    # --- the loop ---------------------------------------------------------------------------
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Batches until `stop` is set; Redis or Slack trouble is logged and waited out."""
+        """Deliver while holding the lease, stand by otherwise, until `stop` is set."""
+        probe = asyncio.create_task(self._probe_forever(stop), name="slack-probe")
         failures = 0
-        block: float | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    batch = await self._pass(block=self._block_for())
+                    failures = 0
+                except RedisError as exc:
+                    failures += 1
+                    wait = backoff(failures, base=0.5, cap=10.0)
+                    log.warning("notifier: Redis failed (%s); retrying in %.1fs", exc, wait)
+                    await _wait(stop, wait)
+                    continue
+                if not batch.active:
+                    await _wait(stop, self.config.standby_poll)
+                elif not batch.read and not self._runnable():
+                    await asyncio.sleep(0)  # the read already waited
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            await self.stand_down(release=True)
+
+    async def run_once(self, *, block: float | None = None) -> Batch:
+        """One pass: read and plan, deliver what may go now (until each channel waits or is
+        empty), acknowledge what is done."""
+        batch = await self._pass(block=block)
+        if self._workers:
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        batch.acked += await self._ack()
+        if batch.active:
+            await self._refresh_backlog()
+        return self._figures(batch)
+
+    async def _pass(self, *, block: float | None) -> Batch:
+        batch = Batch()
+        self._moved = batch
+        if not await self.lease.acquire_or_renew():
+            if self.active:
+                await self.stand_down(release=False)
+            batch.active = False
+            return batch
+        taking_over = not self.active
+        if taking_over:
+            self.active = True
+            self._last_adopt = -math.inf
+            log.info("notifier active replica=%s", self.identity.replica)
+        await self._ensure_group()
+        await self._read(batch, block if not taking_over else None)
+        if taking_over:
+            await self._lift_inherited_backoffs()
+        self._start_workers()
+        batch.acked += await self._ack()
+        await self._housekeeping()
+        if batch.read or batch.final or batch.acked:
+            log.info("notifier batch: %s", self._figures(batch).line())
+        return batch
+
+    def _figures(self, batch: Batch) -> Batch:
+        now = time.monotonic()
+        batch.waiting = sum(
+            1 for ch, t in self._ready_at.items() if t > now and self._queues.get(ch)
+        )
+        return batch
+
+    def _block_for(self) -> float | None:
+        """How long a read may wait for new entries: not past the next channel's turn."""
+        if self._runnable():
+            return None
+        waits = [t for ch, t in self._ready_at.items() if self._queues.get(ch)]
+        soonest = min(waits, default=math.inf) - time.monotonic()
+        return max(min(self.config.block, soonest), 0.0)
+
+    def _runnable(self) -> bool:
+        now = time.monotonic()
+        return any(
+            q and ch not in self._workers and self._ready_at.get(ch, 0.0) <= now
+            for ch, q in self._queues.items()
+        )
+
+    async def stand_down(self, *, release: bool) -> None:
+        """Stop delivering: let running attempts finish briefly, then cancel them; forget the
+        in-memory queues (Redis keeps everything); give the lease up when asked."""
+        workers = list(self._workers.values())
+        if workers:
+            _, running = await asyncio.wait(workers, timeout=self.config.grace)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._workers.clear()
+        self._entries.clear()
+        self._action_entry.clear()
+        self._queues.clear()
+        self._order.clear()
+        self._ready_at.clear()
+        if self.active:
+            log.info("notifier standing down replica=%s", self.identity.replica)
+        self.active = False
+        if release:
+            with contextlib.suppress(RedisError):
+                await self.lease.release()
+
+    async def _ensure_group(self) -> None:
+        if not self._group_ready:
+            await self.consumer.ensure_group()
+            self._group_ready = True
+
+    # --- reading and planning ---------------------------------------------------------------
+    async def _read(self, batch: Batch, block: float | None) -> None:
+        entries: list[OutboxEntry] = []
+        try:
+            if time.monotonic() - self._last_adopt >= self.config.adopt_every:
+                self._last_adopt = time.monotonic()
+                adopted = await self.consumer.adopt()
+                if adopted:
+                    log.info("adopted %d entries other consumers left pending", adopted)
+                entries += await self.consumer.read_pending(limit=self.config.max_pending)
+            room = self.config.max_pending - len(self._entries)
+            if room > 0:
+                # BLOCK 0 would wait forever: a wait under a millisecond is no wait.
+                wait = max(int(block * 1000), 1) if block and block > 0.001 else None
+                entries += await self.consumer.read_new(
+                    min(room, self.config.batch_size), block_ms=wait
+                )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted: create the group again
+                self._group_ready = False
+            raise
+        fresh = [e for e in entries if e.id not in self._entries]
+        batch.read = len(fresh)
+        if fresh:
+            await self._admit(fresh, batch)
+
+    async def _admit(self, entries: list[OutboxEntry], batch: Batch) -> None:
+        stored = await self.plans.load(e.id for e in entries)
+        for entry in sorted(entries, key=lambda e: stream_order(e.id)):
+            if not entry.fields:  # deleted while pending: nothing left to deliver
+                self._entries[entry.id] = _Entry(entry, None, None, set())
+                continue
+            try:
+                event = entry.event()
+                if entry.event_id != event.event_id:
+                    raise ValueError(f"its event_id field is {entry.event_id!r}, not the event's")
+            except (KeyError, ValueError) as exc:
+                log.error("outbox entry %s is malformed (%s): dead-lettered", entry.id, exc)
+                await self._dead_letter_entry(entry, "malformed", str(exc))
+                self._entries[entry.id] = _Entry(entry, None, None, set())
+                continue
+            plan = stored.get(entry.id)
+            if plan is None:
+                try:
+                    plan = await self.plans.save(self._plan(entry, event))
+                except _NotRoutable as exc:
+                    log.exception("routing %r failed; left pending", exc.event_id)
+                    continue
+                batch.planned += 1
+            if not plan.actions:
+                await self._dead_letter_entry(entry, "no_route", "")
+                log.warning(
+                    "an alert had no channel to go to (is ALERT_CHANNEL set?): dead-lettered "
+                    "with reason no_route event=%r",
+                    event.event_id,
+                )
+            self._entries[entry.id] = _Entry(entry, event, plan, {a.id for a in plan.actions})
+            for index, action in enumerate(plan.actions):
+                self._enqueue(entry.id, index, action)
+
+    def _plan(self, entry: OutboxEntry, event: JobEvent) -> Plan:
+        try:
+            routes = distinct(self._router(event))
+        except Exception as exc:
+            raise _NotRoutable(event.event_id) from exc
+        now = self._clock()
+        try:
+            return plan_entry(entry.id, event, routes, now=now)
+        except Exception:  # a rendering bug must not hold the channel's queue forever
+            log.exception("rendering %r failed; it goes out as minimal text", event.event_id)
+            return plan_entry(entry.id, event, routes, now=now, render=_minimal)
+
+    def _enqueue(self, entry_id: str, index: int, action: Action) -> None:
+        """Insert in stream order (an adopted older entry goes before newer ones)."""
+        self._action_entry[action.id] = entry_id
+        queue = self._queues.setdefault(action.channel, [])
+        order = self._order.setdefault(action.channel, [])
+        key = (stream_order(entry_id), index)
+        at = bisect.bisect_right(order, key)
+        order.insert(at, key)
+        queue.insert(at, action)
+
+    def _event_of(self, action: Action) -> tuple[str, JobEvent]:
+        entry_id = self._action_entry[action.id]
+        event = self._entries[entry_id].event
+        assert event is not None
+        return entry_id, event
+
+    async def _dead_letter_entry(self, entry: OutboxEntry, reason: str, detail: str) -> None:
+        letter = Letter(
+            entry_id=entry.id,
+            event_id=entry.event_id or "",
+            event=entry.fields.get("event", ""),
+            channel="",
+            action_id="",
+            reason=reason,
+            detail=detail,
+            consumer=self.identity.replica,
+        )
+        await self.dead_letters.add([letter])
+        self._metrics.messages.labels(outcome="dead_lettered").inc()
+
+    # --- per-channel workers ----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        now = time.monotonic()
+        for channel, queue in self._queues.items():
+            if queue and channel not in self._workers and self._ready_at.get(channel, 0.0) <= now:
+                task = asyncio.create_task(self._drain(channel), name=f"deliver:{channel}")
+                self._workers[channel] = task
+                task.add_done_callback(functools.partial(self._worker_done, channel))
+
+    def _worker_done(self, channel: str, task: asyncio.Task[None]) -> None:
+        if self._workers.get(channel) is task:
+            del self._workers[channel]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery worker for %s died", channel, exc_info=task.exception())
+
+    async def _drain(self, channel: str) -> None:
+        """Deliver the channel's queue head by head until it must wait or is empty."""
+        queue = self._queues[channel]
+        while queue and self.active:
+            unit = self._next_unit(queue)
+            async with self._limit:
+                outcome = await self.delivery.attempt(channel, unit)
+            if isinstance(outcome, Progress):
+                self._settle(channel, outcome)
+                continue
+            assert isinstance(outcome, Later)
+            seconds = math.inf if outcome.seconds is None else outcome.seconds
+            self._ready_at[channel] = time.monotonic() + seconds
+            return
+        self._ready_at.pop(channel, None)
+        # A channel-wide refusal covered the backlog it found; what comes later is tried.
+        self.delivery.refused.pop(channel, None)
+
+    def _next_unit(self, queue: list[Action]) -> list[Action]:
+        """The head, or a digest: when more than `digest_threshold` digestible posts wait
+        (replies to those posts are skipped over: a digest gets no threads)."""
+        head = queue[0]
+        if head.kind is not ActionKind.POST or not head.digestible:
+            return [head]
+        posts: list[Action] = []
+        ids: set[str] = set()
+        for action in queue:
+            if action.kind is ActionKind.POST and action.digestible:
+                posts.append(action)
+                ids.add(action.id)
+                if len(posts) >= self.config.max_digest:
+                    break
+            elif action.target not in ids:
+                break
+        return posts if len(posts) > self.config.digest_threshold else [head]
+
+    def _settle(self, channel: str, progress: Progress) -> None:
+        if not progress.final:
+            return
+        queue, order = self._queues[channel], self._order[channel]
+        keep = [i for i, a in enumerate(queue) if a.id not in progress.final]
+        queue[:] = [queue[i] for i in keep]
+        order[:] = [order[i] for i in keep]
+        for action_id in progress.final:
+            entry_id = self._action_entry.get(action_id)
+            if entry_id is not None and entry_id in self._entries:
+                self._entries[entry_id].open.discard(action_id)
+        self._moved.final += len(progress.final)
+
+    async def _ack(self) -> int:
+        done = [eid for eid, e in self._entries.items() if not e.open]
+        if not done:
+            return 0
+        acked = await self.consumer.finish(done)
+        for entry_id in done:
+            entry = self._entries.pop(entry_id)
+            for action_id in [a.id for a in entry.plan.actions] if entry.plan else []:
+                self._action_entry.pop(action_id, None)
+                self.delivery.forget(action_id)
+        for channel in [ch for ch, q in self._queues.items() if not q]:
+            if channel not in self._workers:
+                self._queues.pop(channel, None)
+                self._order.pop(channel, None)
+        return acked
+
+    def wake(self) -> None:
+        """Every waiting channel may try again now (Slack works again)."""
+        self._ready_at.clear()
+
+    # --- Slack health ------------------------------------------------------------------------
+    async def _lift_inherited_backoffs(self) -> None:
+        """Back-off pauses left by an earlier holder (a crash during a Slack outage) say
+        nothing about Slack now: ask it once, and lift them if it answers."""
+        inherited = await self.gates.backed_off(self._queues)
+        if inherited and await self._sender.auth_test() is None:
+            lifted = await self.gates.clear_backoffs(inherited)
+            log.info("Slack answers: %d inherited channel back-off(s) lifted", lifted)
+
+    def _slack_trouble(self) -> None:
+        self._trouble.set()
+
+    async def _probe_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                result = await self.run_once(block=block)
-                failures = 0
-            except Exception:
-                failures += 1
-                wait = min(0.5 * 2 ** min(failures, 6), 30.0)
-                log.exception("notifier batch failed; retrying in %.1fs", wait)
-                await self._wait(stop, wait)
-                continue
-            if time.monotonic() - self._last_prune >= self.prune_every:
-                await self.prune()
-            # Nothing read: the next read blocks (briefly) for new entries. Deferred work:
-            # look again shortly. Progress: go straight on.
-            block = self.block if result.read == 0 else None
-            progress = result.sent + result.acked + result.dead_lettered + result.replies
-            if result.read and not progress:
-                await self._wait(stop, self.idle_wait)
+                await self._probe(stop)
+            except RedisError as exc:
+                log.warning("Slack probe: Redis failed (%s)", exc)
+                await _wait(stop, self.config.probe_every)
 
-    @staticmethod
-    async def _wait(stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-
-    async def prune(self) -> None:
-        """Drop old delivery records and forgotten consumers (dead replicas)."""
-        self._last_prune = time.monotonic()
-        try:
-            records = await self._store.prune_records(
-                now=self._clock(), max_age=self.record_retention
-            )
-            consumers = await self._store.prune_consumers(
-                idle=self.record_retention.total_seconds()
-            )
-        except Exception:
-            log.exception("pruning delivery records failed")
+    async def _probe(self, stop: asyncio.Event) -> None:
+        paused = await self.gates.workspace_pause() if self.active else None
+        if paused is not None:
+            failure = await self._sender.auth_test()
+            if failure is None:
+                await self.gates.resume_workspace()
+                log.info("Slack accepts the token again (auth.test ok): delivery resumes")
+                self.wake()
+                return
+            now = time.monotonic()
+            if now - self._paused_logged >= self.config.paused_log_every:
+                self._paused_logged = now
+                waiting = sum(len(q) for q in self._queues.values())
+                log.error(
+                    "Slack delivery is paused (%s): %s; %d action(s) waiting, nothing "
+                    "dead-lettered",
+                    paused.reason,
+                    paused.hint,
+                    waiting,
+                )
+            await _wait(stop, self.config.paused_probe_every)
             return
-        if records or consumers:
-            log.info("notifier pruned records=%d consumers=%d", records, consumers)
+        if not self._trouble.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._trouble.wait(), timeout=1.0)
+            return
+        failure = await self._sender.auth_test()
+        if failure is None or failure.kind is not FailureKind.RETRY:
+            self._trouble.clear()
+            if self._probe_failed and failure is None:
+                lifted = await self.gates.clear_backoffs(list(self._queues))
+                self.delivery.failures.clear()
+                log.info("Slack answers again: %d channel back-off(s) lifted", lifted)
+                self.wake()
+            self._probe_failed = False
+            return
+        self._probe_failed = True
+        await _wait(stop, self.config.probe_every)
 
-    async def refresh_backlog_metrics(self) -> None:
-        backlog = await self._store.backlog()
+    # --- housekeeping -------------------------------------------------------------------------
+    async def _refresh_backlog(self) -> None:
+        backlog = await self.consumer.backlog()
         self._metrics.outbox_backlog.set(backlog.length)
         self._metrics.outbox_oldest_age.set(backlog.oldest_age)
 
-    # --- one batch ------------------------------------------------------------------------
-    async def run_once(self, *, block: float | None = None) -> NotifyResult:
-        """Read a batch (own pending first, reclaimed, new), deliver what may go, ack."""
-        started = time.monotonic()
-        result = NotifyResult()
-        if not self._group_ready:
-            await self._store.ensure_group()
-            self._group_ready = True
+    async def _housekeeping(self) -> None:
+        await self._refresh_backlog()
+        if time.monotonic() - self._last_prune < self.config.prune_every:
+            return
+        self._last_prune = time.monotonic()
         try:
-            await self._store.reclaim(self.batch_size)
-            entries = await self._store.read(
-                self.batch_size, block=block, max_pending=self.max_pending
+            now_ms = int(self._clock().timestamp() * 1000)
+            records = await self.records.prune(
+                now_ms=now_ms, max_age_ms=self.config.record_retention_ms
             )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted; create the group again
-                self._group_ready = False
-            raise
-        result.read = len(entries)
-        if entries:
-            await self._process(entries, result)
-        await self.refresh_backlog_metrics()
-        moved = result.sent + result.acked + result.dead_lettered + result.retried + result.replies
-        level = logging.INFO if moved else logging.DEBUG  # a deferred-only batch is quiet
-        ms = (time.monotonic() - started) * 1000
-        log.log(level, "notifier batch: %s ms=%.0f", result.line(), ms)
-        return result
-
-    async def _process(self, entries: list[OutboxEntry], result: NotifyResult) -> None:
-        items, finished = await self._items(entries, result)
-        pairs = [(it.event_id, ch) for it in items for ch in it.channels]
-        records = await self._store.records(pairs)
-        blocked = await self._blocked_by_others(entries)
-        queues: dict[str, list[Item]] = {}
-        for it in items:
-            for ch in it.channels:
-                queues.setdefault(ch, []).append(it)
-        channels = list(queues)
-        outcomes = await asyncio.gather(
-            *(
-                self._delivery.deliver(ch, queues[ch], records, blocked.get(ch), result)
-                for ch in channels
-            ),
-            return_exceptions=True,
-        )
-        for ch, outcome in zip(channels, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.error("delivery to %s failed unexpectedly", ch, exc_info=outcome)
-                first = first_open(ch, queues[ch], records)
-                head = first.entry.id if first is not None else None
-                last_head, strikes = self._strikes.get(ch, (None, 0))
-                strikes = strikes + 1 if head == last_head else 1
-                self._strikes[ch] = (head, strikes)
-                if strikes >= MAX_BUG_STRIKES:  # a bug, not Slack: never block the queue
-                    del self._strikes[ch]
-                    await self._delivery.quarantine(ch, queues[ch], records, outcome, result)
-                else:
-                    await self._delivery.back_off(ch, type(outcome).__name__, result)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-        fresh = await self._store.records(pairs)
-        for it in items:
-            if all(not is_open(fresh.get((it.event_id, ch))) for ch in it.channels):
-                finished.append(it.entry.id)
-        result.acked = await self._store.ack_and_delete(finished)
-
-    async def _items(
-        self, entries: list[OutboxEntry], result: NotifyResult
-    ) -> tuple[list[Item], list[str]]:
-        """Parse and route; malformed and unroutable entries are dead-lettered and finished."""
-        items: list[Item] = []
-        finished: list[str] = []
-        unrouted = 0
-        for entry in entries:
-            if not entry.fields:  # deleted while pending: nothing left to deliver
-                finished.append(entry.id)
-                continue
-            try:
-                event, event_id = entry.event(), entry.fields["event_id"]
-            except (KeyError, ValueError) as exc:
-                log.error("outbox entry %s is malformed (%s): dead-lettered", entry.id, exc)
-                await self._delivery.dead_letter([entry], "", "malformed", str(exc), result)
-                finished.append(entry.id)
-                continue
-            try:
-                channels = distinct_channels(self._router(event))
-            except Exception:
-                log.exception("routing %r failed; left pending", event_id)
-                result.deferred += 1
-                continue
-            if not channels:
-                unrouted += 1
-                await self._delivery.dead_letter([entry], "", "no_route", "", result)
-                finished.append(entry.id)
-                continue
-            items.append(Item(entry, event_id, event, tuple(channels)))
-        if unrouted:
-            log.warning(
-                "%d alert(s) had no channel to go to (is ALERT_CHANNEL set?): dead-lettered "
-                "with reason no_route",
-                unrouted,
+            consumers = await self.consumer.prune_consumers(idle_ms=self.config.record_retention_ms)
+            replicas = await self._replicas.prune()
+        except RedisError:
+            log.exception("pruning delivery records failed")
+            return
+        if records or consumers or replicas:
+            log.info(
+                "notifier pruned records=%d consumers=%d replicas=%d", records, consumers, replicas
             )
-        return items, finished
 
-    async def _blocked_by_others(self, entries: list[OutboxEntry]) -> dict[str, str]:
-        """channel -> id of the earliest entry another consumer still holds for it: ours after
-        it wait (per-channel order across replicas; a dead holder's are reclaimed in time)."""
-        last = max(entries, key=lambda e: sid(e.id)).id
-        others = await self._store.pending_of_others(last)
-        candidates: list[tuple[str, Pair]] = []
-        for entry in others:
-            try:
-                event, event_id = entry.event(), entry.fields["event_id"]
-            except (KeyError, ValueError):  # malformed: it is dead-lettered, never posted
-                continue
-            try:
-                channels = distinct_channels(self._router(event))
-            except Exception:  # its holder logs it; it is not posted before ours either
-                log.debug("routing %r failed", event_id, exc_info=True)
-                continue
-            candidates += [(entry.id, (event_id, ch)) for ch in channels]
-        records = await self._store.records(pair for _, pair in candidates)
-        blocked: dict[str, str] = {}
-        for entry_id, pair in candidates:
-            if not is_open(records.get(pair)):
-                continue
-            ch = pair[1]
-            if ch not in blocked or sid(entry_id) < sid(blocked[ch]):
-                blocked[ch] = entry_id
-        return blocked
+
+class _NotRoutable(Exception):
+    def __init__(self, event_id: str) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
+
+
+def _minimal(event: JobEvent, now: datetime) -> AlertMessage:
+    return render_minimal([event])
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
+
+
+__all__ = ["Batch", "Message", "Notifier", "NotifierConfig"]

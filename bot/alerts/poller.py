@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.alerts.diff import diff
 from bot.app.metrics import Metrics
+from bot.backoff import backoff
 from bot.domain.models import Job
 from bot.domain.snapshot import DiffResult
 from bot.domain.states import StateClassifier
@@ -40,10 +40,12 @@ from bot.timbal import (
     TimbalError,
     TimbalUnavailable,
 )
+from storage.connection import Redis
 from storage.heartbeat import record_poll
 from storage.keys import Keys
-from storage.lease import LEASE_TTL_INTERVALS, PollerLease
+from storage.lease import LEASE_TTL_INTERVALS, Lease
 from storage.outbox import CommitResult, Outbox
+from storage.replicas import Identity
 from storage.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ BACKOFF_CAP_SECONDS = 300.0
 RECOVERABLE: tuple[type[Exception], ...] = (TimbalError, RedisError)
 
 
-class Lease(Protocol):
+class LeaseLike(Protocol):
     async def acquire_or_renew(self) -> bool: ...
     async def release(self) -> None: ...
 
@@ -103,19 +105,19 @@ class Poller:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis,
+        redis: Redis,
         timbal: JobsSource,
         keys: Keys,
         classifier: StateClassifier,
         org_id: str,
         interval: float,
         metrics: Metrics,
-        holder: str,
+        identity: Identity,
         backfill: timedelta = timedelta(0),
         vanish_grace: timedelta = timedelta(hours=1),
         alert_on_started: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        lease: Lease | None = None,
+        lease: LeaseLike | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wait: Wait = wait_or_stop,
     ) -> None:
@@ -134,8 +136,12 @@ class Poller:
         self._clock = clock
         self._monotonic = monotonic
         self._wait = wait
-        self._lease: Lease = lease or PollerLease(
-            redis, keys, holder=holder, ttl=LEASE_TTL_INTERVALS * interval
+        self._lease: LeaseLike = lease or Lease(
+            redis,
+            keys,
+            key=keys.poller_lease,
+            identity=identity,
+            ttl=LEASE_TTL_INTERVALS * interval,
         )
         self._snapshots = SnapshotStore(redis, keys)
         self._outbox = Outbox(redis, keys)
@@ -245,9 +251,9 @@ class Poller:
                 await self._lease.release()
 
     def backoff(self, failures: int) -> float:
-        """Seconds before the next try after `failures` failed cycles in a row."""
-        cap = max(BACKOFF_CAP_SECONDS, self.interval)
-        return float(min(self.interval * 2 ** min(failures - 1, 32), cap))
+        """Seconds before the next try after `failures` failed cycles in a row: doubling from
+        the interval, capped (no jitter: only the lease holder polls)."""
+        return backoff(failures, base=self.interval, cap=max(BACKOFF_CAP_SECONDS, self.interval))
 
     def _ms_since(self, started: float) -> float:
         return (self._monotonic() - started) * 1000

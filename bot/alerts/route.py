@@ -1,9 +1,7 @@
-"""Which channels an alert goes to. Pure.
+"""Which channels an event goes to, each with its mention. Pure.
 
-Today every event goes to the one configured `ALERT_CHANNEL` (or nowhere). This module is the
-single plug point the subscription feature replaces: the notifier only ever sees a `Router`,
-a callable from an event to channel ids, so a subscription-backed router can take its place
-without the notifier changing.
+The notifier only ever sees a `Router`: a callable from an event to its routes (one per
+channel, in a stable order, no duplicates).
 """
 
 from __future__ import annotations
@@ -11,34 +9,42 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from bot.domain.events import JobEvent
+from bot.domain.delivery import Route
+from bot.domain.events import EventKind, JobEvent
+
+# Events that page on-call: a mention is rendered on these only.
+MENTION_KINDS = frozenset({EventKind.FAILED})
 
 
 class Router(Protocol):
-    """event -> the channels it should be posted to (in a stable order, no duplicates)."""
+    """event -> the routes it should be delivered on."""
 
-    def __call__(self, event: JobEvent, /) -> list[str]: ...
-
-
-def distinct_channels(channels: Iterable[str]) -> list[str]:
-    """Trimmed, non-empty, first occurrence kept: a channel never gets one event twice."""
-    seen: dict[str, None] = {}
-    for channel in channels:
-        name = channel.strip()
-        if name:
-            seen.setdefault(name, None)
-    return list(seen)
+    def __call__(self, event: JobEvent, /) -> list[Route]: ...
 
 
-def route(event: JobEvent, *, alert_channel: str | None) -> list[str]:
-    """Every event to `alert_channel` when it is set; nowhere otherwise."""
-    return distinct_channels([alert_channel] if alert_channel else [])
+def distinct(routes: Iterable[Route]) -> list[Route]:
+    """Trimmed, non-empty channels, first occurrence kept: a channel never gets one event twice."""
+    seen: dict[str, Route] = {}
+    for r in routes:
+        channel = r.channel.strip()
+        if channel and channel not in seen:
+            seen[channel] = Route(channel=channel, mention=r.mention)
+    return list(seen.values())
 
 
-def single_channel_router(alert_channel: str | None) -> Router:
+def route(event: JobEvent, *, alert_channel: str | None, mention: str | None = None) -> list[Route]:
+    """Every event to `alert_channel` when it is set (nowhere otherwise); failures carry
+    `mention` (Slack markup such as `<!subteam^S123>`)."""
+    if not alert_channel:
+        return []
+    wanted = mention if event.kind in MENTION_KINDS else None
+    return distinct([Route(channel=alert_channel, mention=wanted)])
+
+
+def single_channel_router(alert_channel: str | None, mention: str | None = None) -> Router:
     """A `Router` that sends everything to `alert_channel` (see `route`)."""
 
-    def router(event: JobEvent, /) -> list[str]:
-        return route(event, alert_channel=alert_channel)
+    def router(event: JobEvent, /) -> list[Route]:
+        return route(event, alert_channel=alert_channel, mention=mention)
 
     return router

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts.slack_errors import error_code
 from bot.app.config import Settings, SlackMode
 from bot.timbal import TimbalClient, TimbalError
+from storage.connection import Redis
 
 MIN_REDIS = (6, 2)  # XAUTOCLAIM and GETDEL arrived in 6.2
 
@@ -34,7 +34,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-async def check_redis(redis: aioredis.Redis, *, embedded: bool) -> CheckResult:
+async def check_redis(redis: Redis, *, embedded: bool) -> CheckResult:
     try:
         info = await asyncio.wait_for(redis.info("server"), timeout=5)
     except Exception as exc:
@@ -86,7 +86,7 @@ async def check_socket_mode(slack: AsyncWebClient, app_token: str) -> CheckResul
 
 
 async def run_checks(
-    settings: Settings, *, redis: aioredis.Redis, timbal: TimbalClient, slack: AsyncWebClient
+    settings: Settings, *, redis: Redis, timbal: TimbalClient, slack: AsyncWebClient
 ) -> list[CheckResult]:
     checks = [
         check_redis(redis, embedded=settings.redis_url is None),

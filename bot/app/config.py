@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -75,9 +76,18 @@ class Settings(BaseSettings):
 
     # Storage
     redis_url: str | None = None
+    redis_cluster: bool = False
     redis_prefix: str = Field(
         default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$"
     )
+
+    # Replicas and delivery
+    replica_id: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$"
+    )
+    heartbeat_ttl_seconds: float = Field(default=3.0, ge=1.0, le=60.0)
+    slack_timeout_seconds: float = Field(default=10.0, ge=1.0, le=60.0)
+    delivery_max_attempts: int = Field(default=5, ge=1, le=100)
 
     # Alerts
     alert_channel: str | None = None
@@ -150,7 +160,18 @@ class Settings(BaseSettings):
         )
         if overlap:
             raise ValueError(f"a state is in more than one class: {sorted(overlap)}")
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL (the address of any node)")
         return self
+
+    @property
+    def effective_replica_id(self) -> str:
+        """REPLICA_ID, or the host name: a restarted container keeps its name, so it resumes
+        its own pending work at once."""
+        if self.replica_id is not None:
+            return self.replica_id
+        name = re.sub(r"[^A-Za-z0-9_.:@-]", "-", socket.gethostname())[:100]
+        return name or "timbal-jobs-bot"
 
     @property
     def effective_slack_mode(self) -> SlackMode:

@@ -2,7 +2,8 @@
 
 - healthz: the process is up (what container health checks ask).
 - readyz: Redis answers; on a replica that polls, a poll succeeded within three intervals;
-  in Socket Mode, Slack is connected. 503 with the failing check otherwise.
+  in Socket Mode, Slack is connected; Slack delivery is not paused (a revoked token, a
+  missing scope). 503 with the failing check and its reason otherwise.
 - metrics: Prometheus text from the runtime's own registry.
 """
 
@@ -14,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from bot.app.metrics import Metrics
+from storage.connection import Redis
+from storage.gates import parse_workspace_pause
 from storage.heartbeat import last_poll
 from storage.keys import Keys
 
@@ -38,7 +40,7 @@ class Health:
     """What the endpoints look at. `socket_connected` is None outside Socket Mode;
     `before_metrics` refreshes gauges that are read, not pushed (the outbox backlog)."""
 
-    redis: aioredis.Redis
+    redis: Redis
     keys: Keys
     metrics: Metrics
     replica: str
@@ -64,6 +66,7 @@ class Health:
             report.checks["redis"] = (False, f"unreachable: {type(exc).__name__}")
         if self.poll_interval is not None:
             report.checks["poll"] = await self._poll_fresh(self.poll_interval)
+        report.checks["delivery"] = await self._delivery()
         if self.socket_connected is not None:
             connected = await self.socket_connected()
             report.checks["slack"] = (connected, "connected" if connected else "not connected")
@@ -79,6 +82,16 @@ class Health:
         age = (self.clock() - when).total_seconds()
         limit = 3 * interval
         return age <= limit, f"last successful poll {age:.0f}s ago (limit {limit:.0f}s)"
+
+    async def _delivery(self) -> Check:
+        try:
+            raw = await self.redis.get(self.keys.slack_pause)
+            paused = parse_workspace_pause(None if raw is None else str(raw))
+        except Exception as exc:
+            return False, f"unknown: {type(exc).__name__}"
+        if paused is None:
+            return True, "not paused"
+        return False, f"paused: Slack answered {paused.reason}; {paused.hint}"
 
     async def readyz(self, request: web.Request) -> web.Response:
         report = await self.readiness()

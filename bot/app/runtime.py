@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -18,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import httpx
-import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisError
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
@@ -30,10 +28,13 @@ from slack_bolt.middleware.authorization.async_single_team_authorization import 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.alerts.notifier import Notifier
+from bot.alerts.decide import Policy
+from bot.alerts.deliver import Timing
+from bot.alerts.failure import TOKEN_ERRORS
+from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.poller import Poller
-from bot.alerts.route import route
-from bot.alerts.slack_errors import TOKEN_ERRORS, error_code
+from bot.alerts.route import single_channel_router
+from bot.alerts.slack_errors import error_code
 from bot.app.config import Settings, SlackMode
 from bot.app.health import Health
 from bot.app.metrics import Metrics
@@ -41,8 +42,10 @@ from bot.app.serve import serve
 from bot.app.services import Services, classifier_from
 from bot.timbal import JobsSource, TimbalClient
 from handlers import register_handlers
-from storage.connection import open_redis
+from storage.connection import Redis, open_redis
+from storage.consumer import OutboxConsumer
 from storage.keys import Keys
+from storage.replicas import Identity, ReplicaIdInUse, Replicas
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,6 @@ BOLT_TOKEN_NOTICE = _DropBoltTokenNotice()
 
 class StartupError(Exception):
     """The bot cannot start with this configuration; the message says what to fix."""
-
-
-def replica_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 # --- factories: the only place clients and workers are built from Settings -----------------
@@ -97,17 +96,22 @@ def build_slack(settings: Settings, *, timeout: int = 15) -> AsyncWebClient:
     )
 
 
-def build_redis(settings: Settings) -> aioredis.Redis:
-    return open_redis(settings.redis_url)
+def build_redis(settings: Settings) -> Redis:
+    return open_redis(settings.redis_url, cluster=settings.redis_cluster)
+
+
+def build_identity(settings: Settings) -> Identity:
+    """This process: its stable replica id and a nonce of its own."""
+    return Identity(replica=settings.effective_replica_id, nonce=uuid.uuid4().hex[:12])
 
 
 def build_poller(
     settings: Settings,
     *,
-    redis: aioredis.Redis,
+    redis: Redis,
     timbal: JobsSource,
     metrics: Metrics,
-    holder: str,
+    identity: Identity,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Poller:
     return Poller(
@@ -121,7 +125,7 @@ def build_poller(
         vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
         alert_on_started=settings.alert_on_started,
         metrics=metrics,
-        holder=holder,
+        identity=identity,
         clock=clock,
     )
 
@@ -136,18 +140,25 @@ class Runtime:
         poller: bool = True,
         notifier: bool = True,
         commands: bool = True,
-        redis: aioredis.Redis | None = None,
+        redis: Redis | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.roles = {"poller": poller, "notifier": notifier, "commands": commands}
-        self.replica = replica_id()
+        self.identity = build_identity(settings)
+        self.replica = self.identity.replica
         self.clock = clock
         self.metrics = Metrics()
         self.keys = Keys(settings.redis_prefix, settings.timbal_org_id)
         self.stop_event = asyncio.Event()
         self._own_redis = redis is None
-        self.redis: aioredis.Redis = redis if redis is not None else build_redis(settings)
+        self.redis: Redis = redis if redis is not None else build_redis(settings)
+        self.replicas = Replicas(
+            self.redis,
+            self.keys,
+            self.identity,
+            ttl_ms=int(settings.heartbeat_ttl_seconds * 1000),
+        )
         self.timbal = build_timbal(settings)
         self.slack = build_slack(settings)
         self.classifier = classifier_from(settings)
@@ -161,7 +172,7 @@ class Runtime:
                 redis=self.redis,
                 timbal=self.timbal,
                 metrics=self.metrics,
-                holder=self.replica,
+                identity=self.identity,
                 clock=clock,
             )
             if poller
@@ -176,7 +187,7 @@ class Runtime:
             replica=self.replica,
             clock=clock,
             poll_interval=settings.poll_interval_seconds if poller else None,
-            before_metrics=self.notifier.refresh_backlog_metrics if self.notifier else None,
+            before_metrics=self._refresh_backlog,
         )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -207,25 +218,63 @@ class Runtime:
         return app
 
     def _build_notifier(self) -> Notifier:
-        channel = self.settings.alert_channel
-        if channel is None:
+        settings = self.settings
+        if settings.alert_channel is None:
             log.warning("ALERT_CHANNEL is not set: alerts are found but have nowhere to go")
-
-        def router(event: Any) -> list[str]:
-            return route(event, alert_channel=channel)
-
+        config = NotifierConfig(
+            digest_threshold=settings.digest_threshold,
+            timing=Timing(
+                slack_timeout=settings.slack_timeout_seconds,
+                pace=settings.channel_min_interval_seconds,
+            ),
+            policy=Policy(max_strikes=settings.delivery_max_attempts),
+        )
         return Notifier(
             redis=self.redis,
-            slack=self.slack,
             keys=self.keys,
-            router=router,
+            slack=self.slack,
+            router=single_channel_router(settings.alert_channel, settings.oncall_markup),
+            identity=self.identity,
             metrics=self.metrics,
-            consumer=self.replica,
-            digest_threshold=self.settings.digest_threshold,
-            channel_min_interval=self.settings.channel_min_interval_seconds,
-            oncall_mention=self.settings.oncall_markup,
+            config=config,
             clock=self.clock,
         )
+
+    async def _refresh_backlog(self) -> None:
+        backlog = await OutboxConsumer(self.redis, self.keys, consumer=self.replica).backlog()
+        self.metrics.outbox_backlog.set(backlog.length)
+        self.metrics.outbox_oldest_age.set(backlog.oldest_age)
+
+    @property
+    def _role_names(self) -> list[str]:
+        return [name for name, on in self.roles.items() if on]
+
+    async def _beat_forever(self, *, registered: bool) -> None:
+        """Renew this replica's heartbeat; stop the process if another one took its id."""
+        every = self.settings.heartbeat_ttl_seconds / 3
+        while not self.stop_event.is_set():
+            try:
+                if not registered:
+                    await self.replicas.register(roles=self._role_names, wait=False)
+                    registered = True
+                elif not await self.replicas.beat():
+                    log.error(
+                        "another process registered REPLICA_ID %r: this one stops (give each "
+                        "replica its own REPLICA_ID)",
+                        self.replica,
+                    )
+                    self.stopped_cleanly = False
+                    self.stop_event.set()
+                    return
+            except ReplicaIdInUse as exc:
+                log.error("%s; stopping", exc)
+                self.stopped_cleanly = False
+                self.stop_event.set()
+                return
+            except RedisError as exc:
+                log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), every)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -233,6 +282,15 @@ class Runtime:
         if self.app is not None:
             await self._warm_authorization(self.app)
         await self._start_http()
+        try:
+            await self.replicas.register(roles=self._role_names)
+            registered = True
+        except ReplicaIdInUse as exc:
+            raise StartupError(str(exc)) from None
+        except RedisError as exc:  # the heartbeat keeps trying; nothing leads meanwhile
+            log.warning("Redis is not reachable yet (%s); this replica joins once it is", exc)
+            registered = False
+        self._spawn("heartbeat", self._beat_forever(registered=registered))
         # Workers first: alerts must flow even while Slack's socket is still connecting.
         if self.poller is not None:
             self._spawn("poller", self.poller.run_forever(self.stop_event))
@@ -334,6 +392,8 @@ class Runtime:
                 task.cancel()
             except Exception:
                 log.exception("worker %s failed", task.get_name())
+        with contextlib.suppress(RedisError):
+            await self.replicas.leave()
         await self.timbal.aclose()
         session = getattr(self.slack, "session", None)
         if session is not None:

@@ -1,12 +1,15 @@
 """A fake Slack Web API over real HTTP, with Slack's documented limits.
 
-It answers `auth.test`, `chat.postMessage`, `chat.update`, `chat.postEphemeral`,
-`conversations.history` and response URLs (`/response/{id}`), records every call, checks
-the bot token, rejects blocks over Block Kit's limits with `invalid_blocks` and text over
-40,000 characters with `msg_too_long`, and can be told to fail (429 with `Retry-After`, 5xx,
-`ok: false` with an error), for all calls or for one channel. With a Socket Mode fake
-attached (`start_socket_mode()`) it also answers `apps.connections.open`, which checks the
-app-level token instead of the bot token.
+It answers `auth.test`, `chat.postMessage` (threads included), `chat.update` (in place;
+`message_not_found` for a deleted message), `chat.postEphemeral`, `conversations.history` and
+`conversations.replies` (paged, with the 2025 limits of non-Marketplace apps when
+`history_tier=LIMITED`; see `bot.sim.slack_history`) and response URLs (`/response/{id}`). It
+records every call, checks the bot token, rejects blocks over Block Kit's limits with
+`invalid_blocks` and text over 40,000 characters with `msg_too_long`, and can be told to fail
+(429 with `Retry-After`, 5xx, `ok: false` with an error), for all calls or for one channel, or
+to accept a message and answer late (`hold`). With a Socket Mode fake attached
+(`start_socket_mode()`) it also answers `apps.connections.open`, which checks the app-level
+token instead of the bot token.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from bot.app.serve import serve
+from bot.sim.slack_history import TIER_3, HistoryTier, RateLimiter, history, page, thread
 from bot.sim.socket_mode import DEFAULT_APP_TOKEN, FakeSocketMode
 
 # Slack's documented limits, written here again on purpose: the fake is the oracle the
@@ -63,9 +67,15 @@ class Failure:
     times: int = 1
 
 
-def _flag(value: Any) -> bool:
-    """A boolean argument as Slack reads it (slack_sdk sends True as "1")."""
-    return value is True or str(value).lower() in ("1", "true")
+@dataclass
+class Hold:
+    """Accept a call (the message is stored), then answer only after `seconds`: a Slack that
+    took the post but whose answer is slow to come back."""
+
+    method: str
+    seconds: float
+    channel: str | None = None
+    times: int = 1
 
 
 def block_errors(blocks: Any) -> list[str]:
@@ -129,11 +139,17 @@ class FakeSlack:
     messages: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     down: bool = False  # every call answers 503 while set
+    history_tier: HistoryTier = TIER_3  # LIMITED: 1 request a minute, 15 messages a page
+    holds: list[Hold] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # accepted chat.update calls
+    # Awaited before each API call is answered (e.g. to kill the bot on a poison message).
+    on_request: Callable[[Call], Awaitable[None]] | None = None
     socket_mode: FakeSocketMode | None = None  # set by start_socket_mode()
     _runner: web.AppRunner | None = None
     _port: int = 0
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _last_post: dict[str, float] = field(default_factory=dict)
+    _limiter: RateLimiter | None = None
     _changed: asyncio.Condition | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -167,6 +183,15 @@ class FakeSlack:
     # --- scripting -------------------------------------------------------------------
     def fail(self, method: str | None, **kwargs: Any) -> None:
         self.failures.append(Failure(method=method, **kwargs))
+
+    def hold(self, method: str, seconds: float, **kwargs: Any) -> None:
+        self.holds.append(Hold(method=method, seconds=seconds, **kwargs))
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        """A person deleted a message in Slack."""
+        self.messages = [
+            m for m in self.messages if not (m["channel"] == channel and m["ts"] == ts)
+        ]
 
     def calls_to(self, method: str, channel: str | None = None) -> list[Call]:
         return [
@@ -226,9 +251,25 @@ class FakeSlack:
         call = Call(method=method, body=body, at=time.monotonic(), path=request.path)
         self.calls.append(call)
         try:
-            return self._answer(request, method, body, call)
+            if self.on_request is not None:
+                await self.on_request(call)
+            response = self._answer(request, method, body, call)
+            hold = self._held(method, call.channel) if response.status == 200 else None
+            if hold is not None:
+                await self._notify()  # the message is in; its answer comes late
+                await asyncio.sleep(hold.seconds)
+            return response
         finally:
             await self._notify()
+
+    def _held(self, method: str, channel: str | None) -> Hold | None:
+        for hold in self.holds:
+            if hold.method == method and hold.channel in (None, channel):
+                hold.times -= 1
+                if hold.times <= 0:
+                    self.holds.remove(hold)
+                return hold
+        return None
 
     def _answer(
         self, request: web.Request, method: str, body: dict[str, Any], call: Call
@@ -267,72 +308,110 @@ class FakeSlack:
                     "bot_id": "B0BOT",
                 }
             )
-        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+        if method in ("chat.postMessage", "chat.postEphemeral"):
             return self._post(method, body, call)
-        if method == "conversations.history":
-            return self._history(body)
+        if method == "chat.update":
+            return self._update(body, call)
+        if method in ("conversations.history", "conversations.replies"):
+            return self._history(method, body)
         return web.json_response({"ok": False, "error": "unknown_method"})
 
-    def _post(self, method: str, body: dict[str, Any], call: Call) -> web.Response:
-        channel = call.channel
+    def _refused(self, channel: str | None, body: dict[str, Any]) -> web.Response | None:
+        """Slack's answer to a message it will not take (channel, size, blocks), or None."""
         if not channel:
             return web.json_response({"ok": False, "error": "channel_not_found"})
         if self.known_channels is not None and channel not in self.known_channels:
             return web.json_response({"ok": False, "error": "channel_not_found"})
-        if self.min_channel_interval is not None and method == "chat.postMessage":
-            last = self._last_post.get(channel)
-            if last is not None and call.at - last < self.min_channel_interval:
-                return web.json_response(
-                    {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
-                )
         text = body.get("text") or ""
         blocks = body.get("blocks")
         if not text and not blocks:
             return web.json_response({"ok": False, "error": "no_text"})
         if len(str(text)) > MAX_MESSAGE_TEXT:
             return web.json_response({"ok": False, "error": "msg_too_long"})
-        if blocks is not None:
+        if blocks:
             errors = block_errors(blocks)
             if errors:
                 return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors})
+        return None
+
+    def _post(self, method: str, body: dict[str, Any], call: Call) -> web.Response:
+        channel = call.channel
+        refused = self._refused(channel, body)
+        if refused is not None:
+            return refused
+        assert channel is not None
+        if self.min_channel_interval is not None and method == "chat.postMessage":
+            last = self._last_post.get(channel)
+            if last is not None and call.at - last < self.min_channel_interval:
+                return web.json_response(
+                    {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
+                )
+        thread_ts = body.get("thread_ts")
+        if thread_ts and not any(
+            m["channel"] == channel and m["ts"] == thread_ts for m in self.messages
+        ):
+            return web.json_response({"ok": False, "error": "thread_not_found"})
         self._last_post[channel] = call.at
-        ts = (
-            body.get("ts")
-            if method == "chat.update"
-            else f"{int(time.time())}.{next(self._ts):06d}"
-        )
         message = {
             "method": method,
             "channel": channel,
-            "ts": ts,
-            "thread_ts": body.get("thread_ts"),
-            "text": text,
-            "blocks": blocks,
+            "ts": f"{int(time.time())}.{next(self._ts):06d}",
+            "thread_ts": thread_ts,
+            "text": body.get("text") or "",
+            "blocks": body.get("blocks"),
             "metadata": body.get("metadata"),
+            "at": call.at,  # time.monotonic() when Slack accepted it
         }
         self.messages.append(message)
         if self.on_post is not None:
             self.on_post(call)
-        return web.json_response({"ok": True, "channel": channel, "ts": ts, "message": message})
+        return web.json_response(
+            {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
+        )
 
-    def _history(self, body: dict[str, Any]) -> web.Response:
+    def _update(self, body: dict[str, Any], call: Call) -> web.Response:
+        """chat.update: the message changes in place (text, blocks, metadata)."""
+        channel = call.channel
+        refused = self._refused(channel, body)
+        if refused is not None:
+            return refused
+        ts = str(body.get("ts") or "")
+        found = [m for m in self.messages if m["channel"] == channel and m["ts"] == ts]
+        if not found:
+            return web.json_response({"ok": False, "error": "message_not_found"})
+        message = found[0]
+        message["text"] = body.get("text") or ""
+        message["blocks"] = body.get("blocks") or None
+        if body.get("metadata"):
+            message["metadata"] = body["metadata"]
+        self.updates.append({"channel": channel, "ts": ts, "text": message["text"]} | body)
+        if self.on_post is not None:
+            self.on_post(call)
+        return web.json_response(
+            {"ok": True, "channel": channel, "ts": ts, "text": message["text"]}
+        )
+
+    def _history(self, method: str, body: dict[str, Any]) -> web.Response:
+        if self._limiter is None or self._limiter.tier != self.history_tier:
+            self._limiter = RateLimiter(self.history_tier)
+        wait = self._limiter.retry_after(method, time.monotonic())
+        if wait:
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(wait)},
+            )
         channel = body.get("channel")
-        oldest = float(body.get("oldest") or 0)
-        limit = int(body.get("limit") or 100)
-        # As Slack documents them: metadata only with include_all_metadata, and `oldest`
-        # itself excluded unless inclusive (both default to false).
-        with_metadata = _flag(body.get("include_all_metadata"))
-        inclusive = _flag(body.get("inclusive"))
-        found = [
-            {"type": "message", "ts": m["ts"], "text": m["text"]}
-            | ({"metadata": m["metadata"]} if with_metadata and m["metadata"] else {})
-            for m in reversed(self.messages)
-            if m["channel"] == channel
-            and m["method"] == "chat.postMessage"
-            and not m["thread_ts"]
-            and (float(m["ts"]) >= oldest if inclusive else float(m["ts"]) > oldest)
-        ][:limit]
-        return web.json_response({"ok": True, "messages": found, "has_more": False})
+        if self.known_channels is not None and channel not in self.known_channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        posts = [m for m in self.messages if m["method"] == "chat.postMessage"]
+        if method == "conversations.history":
+            found = history(posts, channel)
+        else:
+            found = thread(posts, channel, str(body.get("ts") or ""))
+            if not found:
+                return web.json_response({"ok": False, "error": "thread_not_found"})
+        return web.json_response(page(found, body, self.history_tier))
 
     async def _response_url(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -1,0 +1,119 @@
+"""The delivery core's vocabulary: routes, actions, plans and the record of each action.
+
+An outbox entry (one event) is *routed* to channels, and each (event, channel) is *planned*
+into actions: post a message, reply in a thread, update a message in place. A plan is stored
+once per entry, so a crash, a restart or a change of subscriptions never changes what an
+entry means. Every action goes out exactly once: it is claimed, sent, then recorded, and its
+`ActionRecord` says where it stands. Times are Redis server milliseconds (one clock for every
+replica).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Route(BaseModel):
+    """One channel an event goes to, with the mention (Slack markup) its alert carries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    mention: str | None = None
+
+
+class ActionKind(StrEnum):
+    POST = "post"  # chat.postMessage, top level
+    REPLY = "reply"  # chat.postMessage with thread_ts: the target's ts
+    UPDATE = "update"  # chat.update of the target's ts
+
+
+class Message(BaseModel):
+    """What Slack is sent: the notification `text` and Block Kit `blocks` (possibly none)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    blocks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Action(BaseModel):
+    """One Slack call to make exactly once.
+
+    `id` is stable: `{event_id}|{channel}|{slot}`, so the same entry always plans the same ids
+    and a record or a message's metadata names the action unambiguously. `target` is the id
+    of the action whose message a REPLY threads under or an UPDATE rewrites; it always comes
+    earlier in the same channel's queue. A `digestible` post may be merged with its
+    neighbours into one digest message during a storm; `event_ids` are the events it reports.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    channel: str
+    kind: ActionKind
+    message: Message
+    target: str | None = None
+    event_ids: list[str] = Field(default_factory=list)
+    digestible: bool = False
+    mention: str | None = None  # the route's mention (already in `message` where it belongs)
+
+
+class Plan(BaseModel):
+    """Everything one outbox entry asks for, in the order it must happen per channel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entry_id: str
+    event_id: str
+    actions: list[Action]
+
+
+def action_id(event_id: str, channel: str, slot: str) -> str:
+    return f"{event_id}|{channel}|{slot}"
+
+
+class RecordState(StrEnum):
+    IN_FLIGHT = "in_flight"  # claimed at least once, not finished
+    SENT = "sent"  # Slack answered ok (or our message was found afterwards)
+    DEAD = "dead"  # given up: in the dead-letter stream
+    SKIPPED = "skipped"  # deliberately not sent (its parent was never posted, or digested)
+
+    @property
+    def final(self) -> bool:
+        return self is not RecordState.IN_FLIGHT
+
+
+class ActionRecord(BaseModel):
+    """What Redis knows about one action (written by storage.records' scripts).
+
+    `holder`/`nonce`/`token` name the current claim; `lease_until` is when it lapses.
+    `sending` is set just before the Slack call; a record found `sending` by the next claim,
+    or released as "maybe posted", is in `doubt`: the next attempt looks for its message in
+    the channel before sending (`doubt_since` bounds that search). `strikes` counts attempts
+    that never finished or hit a bug; too many and the action is quarantined.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: RecordState
+    holder: str | None = None
+    nonce: str | None = None
+    token: int = 0
+    lease_until: int = 0
+    first_at: int = 0
+    attempt_at: int = 0
+    strikes: int = 0
+    sending: bool = False
+    doubt: bool = False
+    doubt_since: int = 0
+    ts: str | None = None
+    reason: str | None = None
+    done_at: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
