@@ -101,14 +101,25 @@ async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop_event.set)
+    # A signal ends start-up too, wherever it is (a first attempt at an unreachable Slack).
+    starting = asyncio.ensure_future(runtime.start())
+    stopping = asyncio.ensure_future(runtime.stop_event.wait())
     try:
-        await runtime.start()
-        await runtime.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # StartupError, or a bug: raised here
+            await runtime.wait()
     except StartupError as exc:
         print(f"timbal-jobs-bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
+        for task in (starting, stopping):
+            task.cancel()  # a no-op once done
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         await runtime.close()
+    if runtime.startup_error is not None:
+        print(f"timbal-jobs-bot: {runtime.startup_error}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0 if runtime.stopped_cleanly else 1
 
 
