@@ -122,7 +122,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-if __name__ == "__main__":  # `make test` asks first, so a missing server is one line, not 200 errors
+if (
+    __name__ == "__main__"
+):  # `make test` asks first, so a missing server is one line, not 200 errors
     try:
         print(redis_server_binary())
     except RedisUnavailable as exc:

@@ -54,7 +54,7 @@ def test_an_explicit_binary_wins_and_a_wrong_one_is_named(
 ) -> None:
     strip_path(monkeypatch, tmp_path)
     monkeypatch.setenv(redis_server.BINARY_ENV, str(tmp_path / "nope"))
-    with pytest.raises(RedisUnavailable, match="REDIS_SERVER_BINARY=.*nope"):
+    with pytest.raises(RedisUnavailable, match=r"REDIS_SERVER_BINARY=.*nope"):
         redis_server_binary()
 
 

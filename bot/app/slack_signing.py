@@ -1,10 +1,10 @@
 """Verify a Slack request on its raw bytes, then read the verified body: two pure decisions.
 
-`verify(body, headers, verifier)` runs before anything parses the body and names every way a
+`verify(body, headers, verifier, now)` runs before anything parses the body and names every way a
 request can fail (`Refusal`); only `Refusal.NONE` may go further. slack_sdk's SignatureVerifier
 does the HMAC and the 5-minute window; the header shapes are checked here first because it
 raises on some of them (`int()` of a non-number, `compare_digest` of a non-ASCII string) and
-accepts others it should not (`int(" ١٢ ")` is 12).
+accepts others it should not (`int(" ١٢ ")` is 12). `now` is the verifier's clock too.
 
 `read_body(body, content_type, charset)` then says whether a verified body is one Bolt can
 parse (a form, a form with a JSON `payload`, or a JSON object); anything else is a 400.
@@ -36,6 +36,7 @@ class Refusal(StrEnum):
     MALFORMED_TIMESTAMP = "timestamp header is not a number of seconds"
     MALFORMED_SIGNATURE = "signature header is not a v0 signature"
     OUT_OF_WINDOW = "timestamp is more than 5 minutes from now"
+    NOT_UTF8 = "body is not UTF-8, so its signature cannot be checked"
     BAD_SIGNATURE = "signature does not match the body"
 
 
@@ -53,6 +54,10 @@ def verify(
         return Refusal.MALFORMED_SIGNATURE
     if abs(now - int(timestamp)) > WINDOW_SECONDS:
         return Refusal.OUT_OF_WINDOW
+    try:  # SignatureVerifier signs text; Slack only sends UTF-8, so anything else is forged
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refusal.NOT_UTF8
     try:
         valid = verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
     except (ValueError, TypeError):  # not reachable after the checks above; refuse, never raise
