@@ -15,6 +15,7 @@ from bot.app.config import Settings, SettingsError, load_settings
 from bot.app.logs import setup_logging
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # what shells report for Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before `run` installed its handler: no traceback
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from bot.demo import run_demo

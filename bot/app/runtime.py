@@ -293,7 +293,7 @@ class Runtime:
             # after a start is authorised from the cached auth.test, without a round trip.
             reason = await self._reach_slack()
             if reason is not None:
-                log.warning("Slack: %s; retrying in the background", reason)
+                log.warning("Slack: %s (attempt 1); retrying in %.0fs", reason, SLACK_RETRY_FIRST)
                 self._connecting = asyncio.create_task(self._keep_reaching_slack(), name="slack")
         roles = ",".join(name for name, on in self.roles.items() if on) or "none"
         log.info(
