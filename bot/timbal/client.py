@@ -108,6 +108,8 @@ class JobsSource(Protocol):
 
     async def list_jobs(self, connector_id: str | None = None) -> list[Job]: ...
 
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing: ...
+
 
 class TimbalClient:
     def __init__(
