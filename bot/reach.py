@@ -42,10 +42,18 @@ def cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379, "ws": 80, "wss": 443}
+
+
 def address(url: str) -> str:
-    """host:port of a URL, the port made explicit."""
+    """host:port of a URL, the port made explicit (never its credentials); a unix socket's path."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme == "unix":
+        return parts.path
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
+    except ValueError:  # not a number: say what was given, without the credentials
+        port = 0
     return f"{parts.hostname}:{port}"
 
 

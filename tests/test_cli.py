@@ -43,7 +43,7 @@ async def test_check_reports_each_failure(
     done = await run_cli("check", env=env)
     assert done.code == 1
     out = done.stdout
-    assert "✗ redis: unreachable" in out
+    assert "✗ redis: could not reach 127.0.0.1:" in out and "(connection refused)" in out
     assert "✗ timbal:" in out and "someone_else" in out
     assert "✗ slack: auth.test failed: invalid_auth" in out
     for secret in ("xoxb-revoked", fake_timbal.api_key, bot_env["SLACK_SIGNING_SECRET"]):

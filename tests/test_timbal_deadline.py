@@ -5,6 +5,7 @@ httpx's timeouts are per read, and a byte a second never trips them."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from bot.app.metrics import Metrics
 from bot.app.runtime import Runtime, build_poller, build_timbal, running
 from bot.timbal import TimbalUnavailable
 from tests.fakes import FakeSlack, FakeTimbal, make_job
+from tests.redis_server import free_port
 from tests.slack_requests import post, slash_command
 
 DEADLINE = 1.0
@@ -92,3 +94,20 @@ async def test_a_poll_cycle_is_abandoned_at_the_deadline(
             await poller.run_once()
     took = time.monotonic() - started
     assert DEADLINE <= took < DEADLINE + 2, took
+
+
+async def test_a_retry_log_line_names_the_address_and_cause_and_reads_well(
+    bot_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = load_settings(timbal_api_url=f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="bot.timbal"):
+        async with build_timbal(settings, retries=1, sleep=no_sleep) as client:
+            with pytest.raises(TimbalUnavailable) as caught:
+                await client.list_jobs()
+    (line,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert f"could not be reached at 127.0.0.1:{port} (connection refused); retrying" in line
+    assert ".;" not in line
+    assert caught.value.reason == (
+        f"Timbal could not be reached at 127.0.0.1:{port} (connection refused)."
+    )

@@ -65,7 +65,7 @@ class SettingsError(Exception):
     """The environment does not hold a usable configuration; the message names the variables."""
 
 
-class _Common(BaseSettings):
+class CommonSettings(BaseSettings):
     """What every command reads: the org, and how to log."""
 
     model_config = SettingsConfigDict(
@@ -85,7 +85,7 @@ class _Common(BaseSettings):
         return level
 
     @model_validator(mode="after")
-    def _check_together(self) -> _Common:
+    def _check_together(self) -> CommonSettings:
         problems = cross_problems(self.model_dump(), slack=needs_slack(type(self)))
         if problems:
             raise ValueError(PROBLEM_SEPARATOR.join(problems))
@@ -96,7 +96,7 @@ class _Common(BaseSettings):
         return []
 
 
-class TimbalSettings(_Common):
+class TimbalSettings(CommonSettings):
     """What `timbal-jobs-bot jobs` needs: the Timbal API, and the state classes."""
 
     timbal_api_url: AnyHttpUrl = AnyHttpUrl("https://api.timbal.ai")
@@ -119,7 +119,7 @@ class TimbalSettings(_Common):
         return [key] if key else []
 
 
-class StoreSettings(_Common):
+class StoreSettings(CommonSettings):
     """What `timbal-jobs-bot dead-letters` needs: where the org's state lives."""
 
     redis_url: str | None = None
@@ -214,7 +214,7 @@ class Settings(TimbalSettings, StoreSettings):
         return found + _password(self.redis_url)
 
 
-Part = TypeVar("Part", bound=_Common)
+Part = TypeVar("Part", bound=CommonSettings)
 
 
 def load_settings(**overrides: Any) -> Settings:

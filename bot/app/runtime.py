@@ -34,7 +34,7 @@ from bot.alerts.notifier import Notifier
 from bot.alerts.poller import Poller
 from bot.alerts.route import route
 from bot.alerts.slack_errors import TOKEN_ERRORS, error_code
-from bot.app.config import Settings, SlackMode
+from bot.app.config import Settings, SlackMode, TimbalSettings
 from bot.app.health import Health
 from bot.app.metrics import Metrics
 from bot.app.serve import serve
@@ -83,7 +83,7 @@ def replica_id() -> str:
 
 # --- factories: the only place clients and workers are built from Settings -----------------
 def build_timbal(
-    settings: Settings,
+    settings: TimbalSettings,
     *,
     http: httpx.AsyncClient | None = None,
     retries: int = 2,
