@@ -232,11 +232,13 @@ class Runtime:
                 process_before_response=False,
             )
         services = self.services
+        clock = self.clock  # the runtime's clock: the demo's runs fast, and /jobs must agree
 
         async def inject_services(
             context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
         ) -> None:
             context["services"] = services
+            context["clock"] = clock
             await next()
 
         app.use(inject_services)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 COMMAND = "/jobs"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class ReplyFailed(Exception):
     """Slack refused the reply at the response URL, even as plain text."""
 
@@ -126,11 +130,12 @@ async def handle_jobs_command(
     await ack()
     started = time.monotonic()
     services: Services = context["services"]
+    clock: Callable[[], datetime] = context.get("clock") or _utcnow
     text = str(command.get("text") or "")
     redact = Redactor(services.settings.secrets)
     outcome = "error"  # what an exception leaves behind; the app's error handler replies
     try:
-        result, message = await answer(text, services, datetime.now(UTC))
+        result, message = await answer(text, services, clock())
         await reply(respond, message, redact)
         outcome = result
     finally:
