@@ -55,3 +55,12 @@ def test_oncall_mention_is_described_as_the_code_accepts_it(text: str) -> None:
         assert kind.replace("…", "") in about, kind
     for example in ("U0ONCALL1", "W0ONCALL1", "S0ONCALL1", "here", "channel"):
         assert re.fullmatch(ONCALL_PATTERN, example)
+
+
+def test_the_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    floor = next(r for r in project["build-system"]["requires"] if r.startswith("setuptools"))
+    assert floor == "setuptools>=77"  # the first to read an SPDX `license` string
