@@ -41,6 +41,7 @@ from bot.app.serve import serve
 from bot.app.services import Services, classifier_from
 from bot.app.slack_signing import Refusal, Unreadable, read_body, verify
 from bot.reach import unreachable
+from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
 from handlers import register_handlers
 from storage.connection import open_redis
@@ -344,6 +345,9 @@ class Runtime:
                 self.stopped_cleanly = False
                 self.stop_event.set()
                 return
+            except Exception as exc:  # an answer we did not foresee: still one line, retried
+                said = excerpt(str(exc), 200, Redactor(self.settings.secrets))
+                reason = f"{type(exc).__name__}: {said}"
             if reason is None:
                 log.info("Slack: reached after %d attempts", attempt)
                 return
