@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	@$(BIN)/python -m tests.redis_server >/dev/null
 	$(BIN)/pytest
 
 check: lint typecheck imports

@@ -2,6 +2,10 @@
 
 import sys
 
-from bot.cli import main
+try:
+    from bot.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C while Python was still importing: no traceback
+    code = 130
+sys.exit(code)

@@ -11,10 +11,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bot import __version__
-from bot.app.config import Settings, SettingsError, load_settings
+from bot.app.config import (
+    CommonSettings,
+    Settings,
+    SettingsError,
+    StoreSettings,
+    TimbalSettings,
+    load_part,
+)
 from bot.app.logs import setup_logging
+from bot.jobs.query import MAX_LIMIT, JobsQuery
 
 EXIT_CONFIG = 2
+EXIT_USAGE = 2  # argparse's own
+EXIT_INTERRUPTED = 130  # what shells report for Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,10 +46,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check", help="validate settings and check Redis, Timbal and Slack")
 
-    jobs = sub.add_parser("jobs", help="print the listing /jobs gives, as a table")
+    jobs = sub.add_parser(
+        "jobs", help="print the listing /jobs gives, as a table (needs the Timbal settings only)"
+    )
     jobs.add_argument("connector", nargs="?", help="only this connector")
-    jobs.add_argument("--state", help="only jobs in this state")
-    jobs.add_argument("--limit", type=int, default=25, help="rows to show (default 25)")
+    jobs.add_argument("--state", help="only jobs in this state, or class (failed, active, …)")
+    jobs.add_argument(
+        "--limit",
+        default=str(MAX_LIMIT),
+        help=f"rows to show, 1 to {MAX_LIMIT} (default {MAX_LIMIT})",
+    )
 
     poll = sub.add_parser("poll", help="run one poller cycle and print the events it found")
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
@@ -63,17 +79,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before `run` installed its handler: no traceback
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from bot.demo import run_demo
 
         return asyncio.run(run_demo(speed=args.speed, seconds=args.seconds, seed=args.seed))
+    # Each command reads only the settings it uses.
+    parts: dict[str, type[CommonSettings]] = {"jobs": TimbalSettings, "dead-letters": StoreSettings}
+    part = parts.get(args.command, Settings)
     try:
-        settings = load_settings()
+        loaded = load_part(part)
     except SettingsError as exc:
         print(f"timbal-jobs-bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level, settings.log_format.value, settings.secrets)
+    setup_logging(loaded.log_level, loaded.log_format.value, loaded.secrets)
+    if isinstance(loaded, TimbalSettings) and not isinstance(loaded, Settings):
+        return asyncio.run(_jobs(loaded, args.connector, args.state, args.limit))
+    if isinstance(loaded, StoreSettings) and not isinstance(loaded, Settings):
+        return asyncio.run(_dead_letters(loaded, limit=max(args.limit, 1), replay=args.replay))
+    assert isinstance(loaded, Settings)
+    settings = loaded
     if args.command == "run":
         return asyncio.run(
             _run(
@@ -85,12 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "check":
         return asyncio.run(_check(settings))
-    if args.command == "jobs":
-        return asyncio.run(_jobs(settings, args.connector, args.state, args.limit))
     if args.command == "poll":
         return asyncio.run(_poll_once(settings, dry_run=args.dry_run))
-    if args.command == "dead-letters":
-        return asyncio.run(_dead_letters(settings, limit=max(args.limit, 1), replay=args.replay))
     raise AssertionError(args.command)
 
 
@@ -101,14 +129,25 @@ async def _run(settings: Settings, *, poller: bool, notifier: bool, commands: bo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop_event.set)
+    # A signal ends start-up too, wherever it is (a first attempt at an unreachable Slack).
+    starting = asyncio.ensure_future(runtime.start())
+    stopping = asyncio.ensure_future(runtime.stop_event.wait())
     try:
-        await runtime.start()
-        await runtime.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # StartupError, or a bug: raised here
+            await runtime.wait()
     except StartupError as exc:
         print(f"timbal-jobs-bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
+        for task in (starting, stopping):
+            task.cancel()  # a no-op once done
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         await runtime.close()
+    if runtime.startup_error is not None:
+        print(f"timbal-jobs-bot: {runtime.startup_error}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0 if runtime.stopped_cleanly else 1
 
 
@@ -131,34 +170,56 @@ async def _check(settings: Settings) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-async def _jobs(settings: Settings, connector: str | None, state: str | None, limit: int) -> int:
+async def _jobs(
+    settings: TimbalSettings, connector: str | None, state: str | None, limit: str
+) -> int:
+    """The /jobs listing as a table: the same parsing, filters and bounds as the command."""
     from bot.app.runtime import build_timbal
     from bot.app.services import classifier_from
-    from bot.jobs.query import JobsQuery
+    from bot.jobs.listing import closest_connectors, skipped_line
+    from bot.jobs.query import QueryError, parse_jobs_command
     from bot.jobs.table import format_jobs_table
     from bot.timbal import TimbalError
 
+    words = [f"connector={connector}"] if connector is not None else []
+    words += [f"state={state}"] if state is not None else []
+    query = parse_jobs_command(" ".join([*words, f"limit={limit}"]))
+    if not isinstance(query, JobsQuery):  # help cannot come out of options
+        reason = query.message if isinstance(query, QueryError) else "?"
+        print(f"timbal-jobs-bot: {_unmark(reason)}", file=sys.stderr)
+        return EXIT_USAGE
     classifier = classifier_from(settings)
     timbal = build_timbal(settings)
     try:
-        jobs = await timbal.list_jobs(connector)
+        listing = await timbal.list_jobs_detailed(query.connector_id)
+        suggestions: list[str] = []
+        if query.connector_id is not None and not listing.jobs:
+            suggestions = closest_connectors(query.connector_id, (await timbal.list_jobs()))
     except TimbalError as exc:
         print(f"timbal-jobs-bot: {exc.reason}", file=sys.stderr)
         return 1
     finally:
         await timbal.aclose()
-    if state is not None:  # the same filter as `/jobs state=`: a state or a whole class
-        query = JobsQuery(connector_id=connector, state=state.strip().lower())
-        jobs = [j for j in jobs if query.wants(j, classifier)]
+    jobs = [j for j in listing.jobs if query.wants(j, classifier)]
+    unread = skipped_line(listing.skipped)
     if not jobs:
         where = f"connector {connector}" if connector else f"org {settings.timbal_org_id}"
-        print(f"No jobs for {where}.")
-        return 0
-    table = format_jobs_table(
-        jobs, now=datetime.now(UTC), classifier=classifier, limit=max(limit, 1)
-    )
-    print(table)
+        filtered = f" with state {query.state}" if query.state and listing.jobs else ""
+        print(f"No jobs{filtered} for {where}.")
+        if suggestions:
+            print(f"Did you mean {' or '.join(suggestions)}?")
+    else:
+        print(
+            format_jobs_table(jobs, now=datetime.now(UTC), classifier=classifier, limit=query.limit)
+        )
+    if unread:
+        print(unread)
     return 0
+
+
+def _unmark(text: str) -> str:
+    """A Slack reply's sentence for a terminal: no code spans, Slack's entities undone."""
+    return text.replace("`", "").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
@@ -201,14 +262,21 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
     return 0
 
 
-async def _dead_letters(settings: Settings, *, limit: int, replay: bool) -> int:
+async def _dead_letters(settings: StoreSettings, *, limit: int, replay: bool) -> int:
     from redis.exceptions import RedisError
 
-    from bot.app.runtime import build_redis
+    from storage.connection import open_redis
     from storage.dead_letters import DeadLetters
     from storage.keys import Keys
 
-    redis = build_redis(settings)
+    if settings.redis_url is None:  # the embedded store lives inside a running bot only
+        print(
+            "timbal-jobs-bot: there is no persistent store to read: REDIS_URL is not set, and "
+            "without it the bot keeps its dead letters in memory, inside the running process.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    redis = open_redis(settings.redis_url)
     store = DeadLetters(redis, Keys(settings.redis_prefix, settings.timbal_org_id))
     try:
         letters = await store.read(limit)

@@ -4,6 +4,12 @@ No credentials: Timbal is `bot.sim.simulator.SimulatedOrg` behind `FakeTimbal`, 
 `FakeSlack`, which prints every message the bot posts. The real runtime runs in between:
 poller, outbox, notifier and the `/jobs` handler (reached with signed requests, as Slack
 would send them). Redis is the embedded store unless REDIS_URL is set.
+
+One simulated clock, `speed` times faster than real time, runs the org and the bot alike, so
+every time shown (started, finished, detected) agrees with every duration; the banner says
+how fast it runs. On a terminal the prompt is prompt_toolkit's, redrawn under every message
+(`patch_stdout`), so what the user is typing is never overwritten; piped input is read line
+by line, as before.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import os
 import signal
 import stat
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
+from prompt_toolkit import PromptSession
+from prompt_toolkit.patch_stdout import patch_stdout
 
 from bot.app.config import SettingsError, load_settings
 from bot.app.logs import setup_logging
@@ -35,10 +44,39 @@ DEMO_CHANNEL = "#data-alerts"
 
 BANNER = """\
 timbal-jobs-bot demo: a simulated Timbal org, the real bot, and a Slack stand-in.
+The simulated clock runs {speed:g}× faster than real time: a 10-minute job takes {ten:g} \
+seconds here, and every time shown is simulated time (it started at {start} UTC).
 Alerts the bot posts to {channel} are printed below as they happen.
 Type /jobs, /jobs <connector>, /jobs help, or /jobs state=failed at the prompt; Ctrl-D or
 Ctrl-C quits. Connectors: {connectors}
 """
+
+
+class SimulatedClock:
+    """Real time from `start`, `speed` times faster: what the org and the bot both read."""
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        self.speed = speed
+        self.start = start if start is not None else datetime.now(UTC)
+        self._real_start = time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._real_start) * self.speed)
+
+
+def banner(clock: SimulatedClock, connectors: list[str]) -> str:
+    return BANNER.format(
+        speed=clock.speed,
+        ten=600 / clock.speed,
+        start=clock.start.strftime("%H:%M"),
+        channel=DEMO_CHANNEL,
+        connectors=", ".join(connectors),
+    )
+
+
+def interactive() -> bool:
+    """A person at a terminal (prompt_toolkit's prompt), or input piped in (line by line)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def _printer(call: Call) -> None:
@@ -83,8 +121,17 @@ async def _slash(runtime: Runtime, slack: FakeSlack, http: httpx.AsyncClient, li
 
 
 async def run_demo(*, speed: float = 60.0, seconds: float | None = None, seed: int = 7) -> int:
+    if not interactive():
+        return await _run(speed=speed, seconds=seconds, seed=seed, tty=False)
+    # Everything printed while the prompt is up goes above it, and the prompt is redrawn.
+    with patch_stdout(raw=True):
+        return await _run(speed=speed, seconds=seconds, seed=seed, tty=True)
+
+
+async def _run(*, speed: float, seconds: float | None, seed: int, tty: bool) -> int:
     setup_logging(os.environ.get("LOG_LEVEL", "WARNING").upper(), "text", [])
-    org = SimulatedOrg(seed=seed, clock=lambda: datetime.now(UTC), speed=speed)
+    clock = SimulatedClock(speed)
+    org = SimulatedOrg(seed=seed, clock=clock, speed=1.0)  # the clock itself runs fast
     timbal = await FakeTimbal(api_key=DEMO_KEY, org_id=DEMO_ORG, source=org.jobs).start()
     slack = await FakeSlack(bot_token=DEMO_BOT_TOKEN, on_post=_printer).start()
     try:
@@ -108,20 +155,23 @@ async def run_demo(*, speed: float = 60.0, seconds: float | None = None, seed: i
         await slack.stop()
         await timbal.stop()
         return 2
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, clock=clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop_event.set)
     if seconds is not None:
         loop.call_later(seconds, runtime.stop_event.set)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = asyncio.create_task(_stdin_lines(lines))
+    reader = asyncio.create_task(_prompt_lines(lines) if tty else _stdin_lines(lines))
     try:
         await runtime.start()
-        print(BANNER.format(channel=DEMO_CHANNEL, connectors=", ".join(org.connector_ids)))
-        print("> ", end="", flush=True)
+        print(banner(clock, org.connector_ids), flush=True)
+        if not tty:
+            print("> ", end="", flush=True)
         async with httpx.AsyncClient(timeout=10) as http:
-            await _prompt_loop(runtime, slack, http, lines, keep_running=seconds is not None)
+            await _prompt_loop(
+                runtime, slack, http, lines, keep_running=seconds is not None, tty=tty
+            )
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -132,6 +182,18 @@ async def run_demo(*, speed: float = 60.0, seconds: float | None = None, seed: i
     return 0
 
 
+async def _prompt_lines(queue: asyncio.Queue[str | None]) -> None:
+    """Lines typed at prompt_toolkit's prompt; None at Ctrl-D or Ctrl-C."""
+    session: PromptSession[str] = PromptSession()
+    while True:
+        try:
+            line = await session.prompt_async("> ")
+        except (EOFError, KeyboardInterrupt):
+            await queue.put(None)
+            return
+        await queue.put(line.strip())
+
+
 async def _prompt_loop(
     runtime: Runtime,
     slack: FakeSlack,
@@ -139,6 +201,7 @@ async def _prompt_loop(
     lines: asyncio.Queue[str | None],
     *,
     keep_running: bool,
+    tty: bool,
 ) -> None:
     stop = asyncio.create_task(runtime.stop_event.wait())
     try:
@@ -159,6 +222,7 @@ async def _prompt_loop(
                 return
             elif line:
                 print("Try /jobs, /jobs <connector> or /jobs help.", flush=True)
-            print("> ", end="", flush=True)
+            if not tty:  # prompt_toolkit draws its own prompt
+                print("> ", end="", flush=True)
     finally:
         stop.cancel()

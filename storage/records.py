@@ -172,6 +172,10 @@ return 1
 """)
 
 
+# KEYS: actions (for routing only)
+NOW = script("return now_ms()")
+
+
 class ClaimStatus(StrEnum):
     CLAIMED = "claimed"  # ours now (the record says whether an earlier attempt is in doubt)
     HELD = "held"  # another live holder is on it
@@ -241,6 +245,11 @@ class ActionRecords:
         self._finish = redis.register_script(FINISH)
         self._release = redis.register_script(RELEASE)
         self._renew = redis.register_script(RENEW)
+        self._now = redis.register_script(NOW)
+
+    async def now_ms(self) -> int:
+        """Redis time, the clock every record is written in."""
+        return int(await self._now(keys=[self._keys.actions], args=[]))
 
     async def claim(self, channel: str, action_ids: Sequence[str], *, lease_ms: int) -> ClaimReply:
         k = self._keys

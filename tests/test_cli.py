@@ -26,9 +26,20 @@ async def test_check_all_pass(
     assert done.code == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("✓ settings")
-    assert any(line.startswith("✓ redis: reachable, version") for line in lines)
+    assert any(line.startswith("✓ redis: reachable (standalone), version") for line in lines)
     assert any(line.startswith("✓ timbal:") and "2 jobs" in line for line in lines)
     assert any(line.startswith("✓ slack:") and fake_slack.bot_user_id in line for line in lines)
+
+
+async def test_check_reports_a_cluster_as_a_cluster(
+    bot_env: dict[str, str],
+    redis_cluster_url: str,
+    fake_timbal: FakeTimbal,
+    fake_slack: FakeSlack,
+) -> None:
+    done = await run_cli("check", env=_env(bot_env, redis_cluster_url, REDIS_CLUSTER="true"))
+    assert done.code == 0, done.stdout + done.stderr
+    assert "✓ redis: reachable (cluster of 3 masters), version" in done.stdout
 
 
 async def test_check_reports_each_failure(
@@ -43,7 +54,7 @@ async def test_check_reports_each_failure(
     done = await run_cli("check", env=env)
     assert done.code == 1
     out = done.stdout
-    assert "✗ redis: unreachable" in out
+    assert "✗ redis: could not reach 127.0.0.1:" in out and "(connection refused)" in out
     assert "✗ timbal:" in out and "someone_else" in out
     assert "✗ slack: auth.test failed: invalid_auth" in out
     for secret in ("xoxb-revoked", fake_timbal.api_key, bot_env["SLACK_SIGNING_SECRET"]):

@@ -51,7 +51,7 @@ def test_defaults_and_mode() -> None:
         ({"HOST": "not a host"}, "HOST"),
         ({"TIMBAL_ORG_ID": "org/../x"}, "TIMBAL_ORG_ID"),
         ({"SLACK_MODE": "socket"}, "SLACK_APP_TOKEN"),
-        ({"FAILURE_STATES": "failed,done"}, "more than one class"),
+        ({"FAILURE_STATES": "failed,done"}, "FAILURE_STATES and SUCCESS_STATES both contain done"),
     ],
 )
 def test_bad_values_name_the_variable(

@@ -144,7 +144,7 @@ async def test_state_filter_and_limit(
     body = await reply_to(rt, http, fake_slack, "limit=1 state=succeeded")
     rendered = blocks_text(body)
     assert rendered.count("job `j-") == 1
-    assert "Showing 1 of 2 jobs with state `succeeded` (4 in all)" in rendered
+    assert "Showing 1 of 2 jobs · successes: `succeeded` (4 in all)" in rendered
 
 
 async def test_empty_listing(
@@ -253,7 +253,7 @@ async def test_an_unexpected_error_is_logged_and_the_user_told(
     async def broken(connector_id: str | None = None) -> list[Any]:
         raise RuntimeError("a bug, not a Timbal error")
 
-    monkeypatch.setattr(rt.timbal, "list_jobs", broken)
+    monkeypatch.setattr(rt.timbal, "list_jobs_detailed", broken)
     with caplog.at_level(logging.ERROR, logger="handlers"):
         body = await reply_to(rt, http, fake_slack, "")
     assert body["text"] == SORRY

@@ -21,7 +21,13 @@ from bot.app.metrics import Metrics
 from bot.domain.events import JobEvent
 from bot.domain.models import Job
 from bot.domain.states import StateClassifier
-from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from bot.timbal import (
+    JobListing,
+    TimbalAuthError,
+    TimbalBadResponse,
+    TimbalError,
+    TimbalUnavailable,
+)
 from storage.connection import Redis
 from storage.heartbeat import last_poll
 from storage.keys import Keys
@@ -74,6 +80,9 @@ class ListingTimbal:
         if self.failures:
             raise self.failures.pop(0)
         return [Job.model_validate(j) for j in self.jobs.values()]
+
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
+        return JobListing(jobs=await self.list_jobs(connector_id), skipped=0)
 
 
 class AlwaysLeader:

@@ -179,13 +179,33 @@ def test_long_error_keeps_head_and_tail_and_goes_to_the_thread() -> None:
     message = render_alert(event(message=f"{head}\n{body}\n{tail}"), now=NOW)
     assert_valid(message)
     error = next(t for t in texts(message) if t.startswith("*Error*"))
-    assert head in error and tail in error and "\n…\n" in error
+    assert head in error and tail in error and "\n… 1,997 more lines …\n" in error
     assert len(error) <= MAX_SECTION_TEXT
     assert any("in the thread" in t for t in texts(message))
     assert 2 <= len(message.thread_chunks) <= MAX_THREAD_CHUNKS
     joined = "".join(c[3:-3] for c in message.thread_chunks)
     assert head in joined and tail in joined
     assert "&lt;x&gt; &amp; 'y'" in joined
+
+
+def test_a_long_error_shows_its_first_and_last_lines_and_is_whole_once_in_the_thread() -> None:
+    lines = [f"line {i:02d}" for i in range(40)]  # what the demo's long failures look like
+    message = render_alert(event(message="\n".join(lines)), now=NOW)
+    assert_valid(message)
+    error = next(t for t in texts(message) if t.startswith("*Error*"))
+    assert error == (
+        "*Error*\n```line 00\nline 01\nline 02\n… 35 more lines …\nline 38\nline 39```"
+    )
+    whole = "\n".join(c[3:-3] for c in message.thread_chunks)
+    assert whole.split("\n") == lines  # the whole text, once
+    everything = json.dumps(message.blocks) + "".join(message.thread_chunks)
+    assert everything.count("line 20") == 1
+
+
+def test_a_short_error_is_whole_in_the_alert_and_not_threaded() -> None:
+    message = render_alert(event(message="one\ntwo\nthree"), now=NOW)
+    assert "*Error*\n```one\ntwo\nthree```" in texts(message)
+    assert message.thread_chunks == []
 
 
 def test_moderately_long_error_is_threaded_whole() -> None:

@@ -221,11 +221,14 @@ def test_state_filter_lists_matching_jobs_and_counts_all() -> None:
     message = render(jobs, JobsQuery(connector_id="postgres-main", state="failed"))
     assert len(job_sections(message)) == 2
     assert texts(message)[1].startswith("*3 jobs* · :x: 1 failed · :x: 1 timed_out")
+    # `failed` is a class: named as one, with the states of it that the listing holds
     assert message.blocks[-1]["elements"][0]["text"] == (
-        "Showing 2 of 2 jobs with state `failed` (3 in all), newest first · "
+        "Showing 2 of 2 jobs · failures: `failed`, `timed_out` (3 in all), newest first · "
         "connector `postgres-main`"
     )
-    assert message.blocks[0]["text"]["text"] == "Jobs · connector postgres-main"
+    assert message.blocks[0]["text"]["text"] == (
+        "Jobs · connector postgres-main · failures: failed, timed_out"
+    )
 
 
 @pytest.mark.parametrize(
@@ -245,8 +248,10 @@ def test_empty_listing(query: JobsQuery, sentence: str) -> None:
 
 def test_no_job_matches_the_filter() -> None:
     message = render([job("r", state="running")], JobsQuery(state="failed"))
-    assert "No jobs with state `failed` in org `org_test`." in texts(message)
-    assert message.text.startswith("No jobs with state `failed` in org `org_test`.")
+    # No failure in the listing: the class is named with the states the settings put in it.
+    (sentence,) = [t for t in texts(message) if t.startswith("No jobs")]
+    assert sentence.startswith("No jobs in org `org_test` match failures: `aborted`, `crashed`")
+    assert message.text.startswith("No jobs in org `org_test` match failures:")
     assert texts(message)[1].startswith("*1 job* · ")
 
 

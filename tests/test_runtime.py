@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -55,3 +58,36 @@ async def test_an_unreachable_slack_at_start_is_not_fatal(
     settings = load_settings(port=0, host="127.0.0.1", redis_url=redis_url)
     async with running(settings, poller=False, notifier=False) as rt, httpx.AsyncClient() as http:
         assert (await http.get(f"{rt.base_url}/healthz")).status_code == 200
+
+
+async def test_bolts_constructor_warning_is_muted_and_only_for_the_constructor(
+    bot_env: dict[str, str], redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SLACK_BOT_TOKEN is in the environment (bot_env sets it): Bolt reads it itself and warns
+    that it is unused next to our client. Muted while Bolt is built, through public logging
+    API; Bolt's own logger is left as it was, so its later warnings still reach the log."""
+    bolt = logging.getLogger("slack_bolt.AsyncApp")
+    filters_before = list(bolt.filters)
+    settings = load_settings(port=0, host="127.0.0.1", redis_url=redis_url)
+    with caplog.at_level(logging.WARNING):
+        runtime = Runtime(settings, poller=False, notifier=False)
+        try:
+            assert runtime.app is not None
+            assert [r for r in caplog.records if r.name.startswith("slack_bolt")] == []
+            assert bolt.filters == filters_before
+            bolt.warning("a later Bolt warning")
+            assert "a later Bolt warning" in caplog.text
+            # Bolt's client carries no token: Bolt gets it per request from `authorize`.
+            assert runtime.app.client.token is None
+        finally:
+            await runtime.close()
+
+
+def test_no_private_attributes_of_dependencies_are_read() -> None:
+    """Bolt's middleware list, aiohttp's site._server and Bolt's internal log messages were
+    read; a minor release of either breaks such code silently."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.glob("bot/**/*.py"), *root.glob("handlers/**/*.py")]
+    for private in ("_async_middleware_list", "._server", "slack_bolt.logger.messages"):
+        users = [p.name for p in sources if private in p.read_text(encoding="utf-8")]
+        assert users == [], f"{private} read in {users}"

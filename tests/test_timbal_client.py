@@ -630,7 +630,8 @@ async def test_a_slow_fake_timbal_is_a_real_read_timeout(
         async with build_timbal(settings, retries=1, sleep=sleeps) as client:
             with pytest.raises(TimbalUnavailable, match="did not answer in time") as caught:
                 await client.list_jobs()
-    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    # httpx's read timeout or the overall deadline, whichever fires first: both are 0.2 s
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout | TimeoutError)
     assert len(sleeps.delays) == 1
     assert fake_timbal.api_key not in caplog.text
     fake_timbal.delay = 0.0

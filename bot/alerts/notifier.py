@@ -534,9 +534,8 @@ class Notifier:
             return
         self._last_prune = time.monotonic()
         try:
-            now_ms = int(self._clock().timestamp() * 1000)
             records = await self.records.prune(
-                now_ms=now_ms, max_age_ms=self.config.record_retention_ms
+                now_ms=await self.records.now_ms(), max_age_ms=self.config.record_retention_ms
             )
             consumers = await self.consumer.prune_consumers(idle_ms=self.config.record_retention_ms)
             replicas = await self._replicas.prune()

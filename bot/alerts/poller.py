@@ -3,7 +3,8 @@
 One cycle (`run_once`): renew or take the lease (a replica without it returns at once) ->
 `list_jobs()` (one HTTP request for the whole org) -> `SnapshotStore.load()` (one round trip)
 -> `diff()` (pure) -> `Outbox.commit()` (one atomic script) -> heartbeat. It logs one line:
-`poll org=x jobs=120 events=2 enqueued=2 duplicates=0 removed=0 baseline=no ms=41`.
+`poll org=x jobs=120 events=2 enqueued=2 duplicates=0 removed=0 baseline=no ms=41 skipped=0`
+(`skipped`: items of Timbal's answer that could not be read, each logged on its own).
 
 `run_forever(stop)` runs cycles on a fixed grid (tick k at start + k * interval, so work time
 does not make the schedule drift; ticks missed by a slow cycle are skipped, not bunched up),
@@ -99,6 +100,7 @@ class Plan:
     jobs: list[Job]
     changes: DiffResult
     now: datetime
+    skipped: int = 0  # items of Timbal's answer that could not be read (each logged)
 
 
 class Poller:
@@ -161,7 +163,8 @@ class Poller:
 
     async def plan(self) -> Plan:
         """List the org's jobs, load the snapshot, diff: what a cycle would commit."""
-        jobs = await self._timbal.list_jobs()
+        listing = await self._timbal.list_jobs_detailed()
+        jobs = listing.jobs
         previous = await self._snapshots.load()
         now = self._clock()
         changes = diff(
@@ -174,7 +177,7 @@ class Poller:
             vanish_grace=self._vanish_grace,
             alert_on_started=self._alert_on_started,
         )
-        return Plan(jobs=jobs, changes=changes, now=now)
+        return Plan(jobs=jobs, changes=changes, now=now, skipped=listing.skipped)
 
     async def commit(self, plan: Plan) -> CommitResult:
         """Snapshot and events in one atomic step (idempotent by event id)."""
@@ -198,7 +201,7 @@ class Poller:
         self._metrics.poll_duration.observe(ms / 1000)
         log.info(
             "poll org=%s jobs=%d events=%d enqueued=%d duplicates=%d removed=%d baseline=%s"
-            " ms=%.0f",
+            " ms=%.0f skipped=%d",
             self.org_id,
             len(jobs),
             len(changes.events),
@@ -207,6 +210,7 @@ class Poller:
             len(changes.removals),
             "yes" if changes.baseline else "no",
             ms,
+            plan.skipped,
         )
         return PollResult(
             jobs=len(jobs),

@@ -5,9 +5,10 @@ Pure: the clock comes in as `now`. Every API string is escaped and clipped *afte
 so nothing can break out), and `fit_blocks` is the last guard before slack_sdk's validation,
 so every message is within Block Kit's limits whatever the API sent.
 
-A failure's error text keeps its head and its tail (the cause is usually at one end); when it
-had to be cut, `thread_chunks` carries the whole text (up to `MAX_THREAD_CHUNKS` code blocks)
-for the notifier to post as thread replies.
+A failure's error text is previewed in the alert by its first and last lines
+(`PREVIEW_HEAD`, `PREVIEW_TAIL`; the cause is usually at one end), so a stack trace does not
+fill the channel; when the preview had to leave anything out, `thread_chunks` carries the whole
+text (up to `MAX_THREAD_CHUNKS` code blocks), once, for the notifier to post as thread replies.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ NUMBER_CHARS = 40  # a hostile API can send a 300-digit integer
 FIRST_LINE_CHARS = 300
 ERROR_LABEL = "*Error*\n"
 FENCE = "```"
-ERROR_CHARS = MAX_SECTION_TEXT - len(ERROR_LABEL) - 2 * len(FENCE)
 CHUNK_CHARS = MAX_SECTION_TEXT - 2 * len(FENCE)
 MAX_THREAD_CHUNKS = 10
+PREVIEW_HEAD = 3  # first lines of a long error shown in the alert
+PREVIEW_TAIL = 2  # and last lines
+PREVIEW_LINE_CHARS = 200  # each, after escaping
+PREVIEW_CHARS = 1200  # the whole preview, after escaping
 DIGEST_LINE_CHARS = 120
 MAX_DIGEST_LISTED = 100
 
@@ -161,6 +165,22 @@ def split_chunks(escaped: str, size: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
+def error_preview(raw: str) -> tuple[str, bool]:
+    """(escaped preview, whether anything was left out): a short error whole; a long one by
+    its first and last lines, with how many lines are left out between them."""
+    lines = raw.splitlines() or [raw]
+    whole = escape(raw)
+    if len(lines) <= PREVIEW_HEAD + PREVIEW_TAIL and len(whole) <= PREVIEW_CHARS:
+        return whole, False
+    if len(lines) <= PREVIEW_HEAD + PREVIEW_TAIL:  # a few very long lines
+        return clip(raw, PREVIEW_CHARS, middle=True), True
+    head = [clip(line, PREVIEW_LINE_CHARS) for line in lines[:PREVIEW_HEAD]]
+    tail = [clip(line, PREVIEW_LINE_CHARS) for line in lines[-PREVIEW_TAIL:]]
+    hidden = len(lines) - PREVIEW_HEAD - PREVIEW_TAIL
+    marker = f"… {hidden:,} more line{'s' if hidden != 1 else ''} …"
+    return "\n".join([*head, marker, *tail]), True
+
+
 def _thread_chunks(message: str) -> list[str]:
     # Every chunk but the last holds at least 4/5 of CHUNK_CHARS, so this fits the cap.
     body = clip(_code_body(message), MAX_THREAD_CHUNKS * (CHUNK_CHARS * 4 // 5) - 1, middle=True)
@@ -201,10 +221,9 @@ def render_failure_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
     chunks: list[str] = []
     message = job.message or ""
     if message.strip():
-        raw = _code_body(message)
-        body = clip(raw, ERROR_CHARS, middle=True)
+        body, cut = error_preview(_code_body(message))
         blocks.append(SectionBlock(text=mrkdwn(f"{ERROR_LABEL}{FENCE}{body}{FENCE}")))
-        if len(escape(raw)) > ERROR_CHARS:
+        if cut:
             chunks = _thread_chunks(message)
             parts = f"{len(chunks)} part{'s' if len(chunks) != 1 else ''}"
             note = f"The full error ({parts}) is in the thread."

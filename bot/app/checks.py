@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from redis.asyncio.cluster import RedisCluster
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts.slack_errors import error_code
 from bot.app.config import Settings, SlackMode
+from bot.reach import unreachable
 from bot.timbal import TimbalClient, TimbalError
 from storage.connection import Redis
 
@@ -34,20 +36,32 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-async def check_redis(redis: Redis, *, embedded: bool) -> CheckResult:
+EMBEDDED = "embedded, not persisted (set REDIS_URL for production)"
+
+
+async def check_redis(redis: Redis, *, url: str | None) -> CheckResult:
+    """`url` None: the embedded in-process store (nothing to reach, and it has no INFO).
+    The line says the mode: a standalone server, or a cluster and how many masters it has."""
+    if url is None:
+        return CheckResult("redis", True, EMBEDDED)
     try:
-        info = await asyncio.wait_for(redis.info("server"), timeout=5)
+        if isinstance(redis, RedisCluster):
+            await asyncio.wait_for(redis.initialize(), timeout=5)
+            masters = redis.get_primaries()
+            info = await asyncio.wait_for(
+                redis.info("server", target_nodes=RedisCluster.RANDOM), timeout=5
+            )
+        else:
+            masters = []
+            info = await asyncio.wait_for(redis.info("server"), timeout=5)
     except Exception as exc:
-        return CheckResult("redis", False, f"unreachable ({type(exc).__name__}: {exc})")
+        return CheckResult("redis", False, unreachable(url, exc))
     version = str(info.get("redis_version", "0"))
-    if embedded:
-        return CheckResult(
-            "redis", True, "embedded in-process store (REDIS_URL unset; state is NOT persisted)"
-        )
     if _version(version) < MIN_REDIS:
         need = ".".join(map(str, MIN_REDIS))
         return CheckResult("redis", False, f"version {version} is too old (need ≥ {need})")
-    return CheckResult("redis", True, f"reachable, version {version}")
+    mode = f"cluster of {len(masters)} masters" if masters else "standalone"
+    return CheckResult("redis", True, f"reachable ({mode}), version {version}")
 
 
 async def check_timbal(timbal: TimbalClient, org_id: str) -> CheckResult:
@@ -64,7 +78,7 @@ async def check_slack(slack: AsyncWebClient) -> CheckResult:
     except SlackApiError as exc:
         return CheckResult("slack", False, f"auth.test failed: {error_code(exc)}")
     except Exception as exc:
-        return CheckResult("slack", False, f"unreachable ({type(exc).__name__})")
+        return CheckResult("slack", False, unreachable(slack.base_url, exc))
     return CheckResult(
         "slack",
         True,
@@ -81,7 +95,7 @@ async def check_socket_mode(slack: AsyncWebClient, app_token: str) -> CheckResul
         error = error_code(exc)
         return CheckResult("slack socket mode", False, f"apps.connections.open failed: {error}")
     except Exception as exc:
-        return CheckResult("slack socket mode", False, f"unreachable ({type(exc).__name__})")
+        return CheckResult("slack socket mode", False, unreachable(slack.base_url, exc))
     return CheckResult("slack socket mode", True, "SLACK_APP_TOKEN may open a connection")
 
 
@@ -89,7 +103,7 @@ async def run_checks(
     settings: Settings, *, redis: Redis, timbal: TimbalClient, slack: AsyncWebClient
 ) -> list[CheckResult]:
     checks = [
-        check_redis(redis, embedded=settings.redis_url is None),
+        check_redis(redis, url=settings.redis_url),
         check_timbal(timbal, settings.timbal_org_id),
         check_slack(slack),
     ]

@@ -1,7 +1,9 @@
 """Settings: read once from the environment into one typed, validated object.
 
-A missing or malformed variable stops start-up with a message that names it
-(`SettingsError`). Secrets are `SecretStr`, so `repr()` and logs show `**********`.
+A missing or malformed variable stops start-up with one message that names every problem
+(`SettingsError`, worded by `bot.app.explain`). Secrets are `SecretStr`, so `repr()` and logs
+show `**********`. `TimbalSettings` and `StoreSettings` are the parts a single command needs
+(`jobs`, `dead-letters`); `Settings` is all of it, for the bot.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import ipaddress
 import re
 import socket
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,6 +26,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
 
+from bot.app.explain import (
+    PROBLEM_SEPARATOR,
+    cross_problems,
+    effective_mode,
+    explain,
+    needs_slack,
+)
 from bot.domain.states import (
     DEFAULT_CANCELLED_STATES,
     DEFAULT_FAILURE_STATES,
@@ -48,22 +57,99 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+def _password(redis_url: str | None) -> list[str]:
+    password = urlsplit(redis_url).password if redis_url else None
+    return [password] if password else []
+
+
 class SettingsError(Exception):
     """The environment does not hold a usable configuration; the message names the variables."""
 
 
-class Settings(BaseSettings):
-    """Every setting the bot reads. Names are the environment variables, upper-cased."""
+class CommonSettings(BaseSettings):
+    """What every command reads: the org, and how to log."""
 
     model_config = SettingsConfigDict(
         env_file=None, case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
     )
 
-    # Timbal
+    timbal_org_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _check_together(self) -> CommonSettings:
+        problems = cross_problems(self.model_dump(), slack=needs_slack(type(self)))
+        if problems:
+            raise ValueError(PROBLEM_SEPARATOR.join(problems))
+        return self
+
+    @property
+    def secrets(self) -> list[str]:
+        return []
+
+
+class TimbalSettings(CommonSettings):
+    """What `timbal-jobs-bot jobs` needs: the Timbal API, and the state classes."""
+
     timbal_api_url: AnyHttpUrl = AnyHttpUrl("https://api.timbal.ai")
     timbal_api_key: SecretStr
-    timbal_org_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
     timbal_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    failure_states: StateSet = DEFAULT_FAILURE_STATES
+    cancelled_states: StateSet = DEFAULT_CANCELLED_STATES
+    success_states: StateSet = DEFAULT_SUCCESS_STATES
+
+    @field_validator("failure_states", "cancelled_states", "success_states", mode="before")
+    @classmethod
+    def _split_states(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(s.strip().lower() for s in value.split(",") if s.strip())
+        return value
+
+    @property
+    def secrets(self) -> list[str]:
+        key = self.timbal_api_key.get_secret_value()
+        return [key] if key else []
+
+
+class StoreSettings(CommonSettings):
+    """What `timbal-jobs-bot dead-letters` needs: where the org's state lives."""
+
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_prefix: str = Field(
+        default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        try:  # redis-py's own parser, so a bad port or option fails here, by name
+            parse_url(value)
+        except ValueError as exc:  # its messages name the part, never the password
+            raise ValueError(f"is not a usable Redis URL ({exc})") from None
+        return value
+
+    @property
+    def secrets(self) -> list[str]:
+        return _password(self.redis_url)
+
+
+class Settings(TimbalSettings, StoreSettings):
+    """Every setting the bot reads. Names are the environment variables, upper-cased."""
 
     # Slack
     slack_bot_token: SecretStr
@@ -73,13 +159,6 @@ class Settings(BaseSettings):
     slack_mode: SlackMode | None = None
     port: int = Field(default=3000, ge=0, le=65535)
     host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on every interface
-
-    # Storage
-    redis_url: str | None = None
-    redis_cluster: bool = False
-    redis_prefix: str = Field(
-        default="tjb", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
 
     # Replicas and delivery
     replica_id: str | None = Field(
@@ -98,28 +177,6 @@ class Settings(BaseSettings):
     oncall_mention: str | None = Field(default=None, pattern=ONCALL_PATTERN)
     digest_threshold: int = Field(default=5, ge=1, le=1000)
     channel_min_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
-    failure_states: StateSet = DEFAULT_FAILURE_STATES
-    cancelled_states: StateSet = DEFAULT_CANCELLED_STATES
-    success_states: StateSet = DEFAULT_SUCCESS_STATES
-
-    # Operations
-    log_level: str = "INFO"
-    log_format: LogFormat = LogFormat.TEXT
-
-    @field_validator("failure_states", "cancelled_states", "success_states", mode="before")
-    @classmethod
-    def _split_states(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return frozenset(s.strip().lower() for s in value.split(",") if s.strip())
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _check_level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-        return level
 
     @field_validator("host")
     @classmethod
@@ -132,38 +189,6 @@ class Settings(BaseSettings):
                 raise ValueError("must be an IP address or a host name to listen on") from None
         return host
 
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        try:  # redis-py's own parser, so a bad port or option fails here, by name
-            parse_url(value)
-        except ValueError as exc:  # its messages name the part, never the password
-            raise ValueError(f"is not a usable Redis URL ({exc})") from None
-        return value
-
-    @model_validator(mode="after")
-    def _check_mode(self) -> Settings:
-        mode = self.effective_slack_mode
-        if mode is SlackMode.SOCKET and self.slack_app_token is None:
-            raise ValueError("SLACK_APP_TOKEN is required when SLACK_MODE=socket")
-        if mode is SlackMode.HTTP and self.slack_signing_secret is None:
-            raise ValueError("SLACK_SIGNING_SECRET is required in HTTP mode (SLACK_MODE=http)")
-        overlap = (
-            (self.failure_states & self.success_states)
-            | (self.failure_states & self.cancelled_states)
-            | (self.success_states & self.cancelled_states)
-        )
-        if overlap:
-            raise ValueError(f"a state is in more than one class: {sorted(overlap)}")
-        if self.redis_cluster and self.redis_url is None:
-            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL (the address of any node)")
-        return self
-
     @property
     def effective_replica_id(self) -> str:
         """REPLICA_ID, or the host name: a restarted container keeps its name, so it resumes
@@ -175,9 +200,13 @@ class Settings(BaseSettings):
 
     @property
     def effective_slack_mode(self) -> SlackMode:
-        if self.slack_mode is not None:
-            return self.slack_mode
-        return SlackMode.SOCKET if self.slack_app_token is not None else SlackMode.HTTP
+        return SlackMode(
+            effective_mode(
+                self.slack_mode,
+                self.slack_app_token is not None,
+                self.slack_signing_secret is not None,
+            )
+        )
 
     @property
     def oncall_markup(self) -> str | None:
@@ -194,25 +223,29 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         """Every secret value, for the log filter that redacts them."""
-        values = [self.timbal_api_key, self.slack_bot_token]
-        values += [s for s in (self.slack_signing_secret, self.slack_app_token) if s is not None]
-        found = [v.get_secret_value() for v in values if v.get_secret_value()]
-        if self.redis_url:
-            password = urlsplit(self.redis_url).password
-            if password:
-                found.append(password)
-        return found
+        values = [
+            self.timbal_api_key,
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+        ]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        return found + _password(self.redis_url)
+
+
+Part = TypeVar("Part", bound=CommonSettings)
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment (overrides win); raise `SettingsError` naming each bad variable."""
+    """Read the environment (overrides win); raise `SettingsError` listing every problem at
+    once, in plain words (`bot.app.explain`)."""
+    return load_part(Settings, **overrides)
+
+
+def load_part(kind: type[Part], **overrides: Any) -> Part:
+    """Like `load_settings`, for the part one command needs (`TimbalSettings`, `StoreSettings`):
+    a command asks for nothing it does not use."""
     try:
-        return Settings(**overrides)
+        return kind(**overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(
-                f"{loc}: {err['msg']}" if loc else err["msg"].removeprefix("Value error, ")
-            )
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise SettingsError(explain(exc, kind, overrides)) from None

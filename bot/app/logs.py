@@ -8,21 +8,22 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-REDACTED = "[redacted]"
+from bot.redaction import REDACTED, Redactor
+
+__all__ = ["REDACTED", "JsonFormatter", "RedactSecrets", "setup_logging"]
 
 
 class RedactSecrets(logging.Filter):
-    """Replace every known secret value in a record's final message (and exception text)."""
+    """Replace every known secret value in a record's final message (and exception text).
+
+    The last line of defence: text cut before it gets here may hold part of a secret that no
+    filter can recognise, which is why excerpts are made with `bot.redaction.excerpt`.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is redacted whole.
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        self._clean = Redactor(secrets)
+        self.secrets = self._clean.secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,14 +19,13 @@ import aiohttp
 import httpx
 from aiohttp import web
 from redis.exceptions import RedisError
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
-from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
-from slack_bolt.middleware.authorization.async_single_team_authorization import (
-    AsyncSingleTeamAuthorization,
-)
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts.decide import Policy
@@ -35,11 +35,14 @@ from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.poller import Poller
 from bot.alerts.route import single_channel_router
 from bot.alerts.slack_errors import error_code
-from bot.app.config import Settings, SlackMode
+from bot.app.config import Settings, SlackMode, StoreSettings, TimbalSettings
 from bot.app.health import Health
 from bot.app.metrics import Metrics
 from bot.app.serve import serve
 from bot.app.services import Services, classifier_from
+from bot.app.slack_signing import Refusal, Unreadable, read_body, verify
+from bot.reach import unreachable
+from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
 from handlers import register_handlers
 from storage.connection import Redis, open_redis
@@ -52,15 +55,26 @@ log = logging.getLogger(__name__)
 SLACK_EVENTS_PATH = "/slack/events"
 
 
-class _DropBoltTokenNotice(logging.Filter):
-    """Bolt warns that `token` is unused when SLACK_BOT_TOKEN is in the environment and a
-    client is passed; passing our client (with SLACK_API_URL) is deliberate."""
+SLACK_RETRY_FIRST = 1.0  # seconds before the second attempt to reach Slack; doubles
+SLACK_RETRY_MAX = 30.0
+SOCKET_CONNECT_SECONDS = 15.0
 
+
+class _BelowError(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+        return record.levelno >= logging.ERROR
 
 
-BOLT_TOKEN_NOTICE = _DropBoltTokenNotice()
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Drop a logger's warnings (not its errors) for the duration of the block only."""
+    logger = logging.getLogger(logger_name)
+    muted = _BelowError()
+    logger.addFilter(muted)
+    try:
+        yield
+    finally:
+        logger.removeFilter(muted)
 
 
 class StartupError(Exception):
@@ -69,7 +83,7 @@ class StartupError(Exception):
 
 # --- factories: the only place clients and workers are built from Settings -----------------
 def build_timbal(
-    settings: Settings,
+    settings: TimbalSettings,
     *,
     http: httpx.AsyncClient | None = None,
     retries: int = 2,
@@ -88,15 +102,18 @@ def build_timbal(
     )
 
 
-def build_slack(settings: Settings, *, timeout: int = 15) -> AsyncWebClient:
+def build_slack(
+    settings: Settings, *, timeout: int = 15, with_token: bool = True
+) -> AsyncWebClient:
+    """The Slack Web client (`with_token=False`: Bolt's, which gets the token per request)."""
     return AsyncWebClient(
-        token=settings.slack_bot_token.get_secret_value(),
+        token=settings.slack_bot_token.get_secret_value() if with_token else None,
         base_url=str(settings.slack_api_url),
         timeout=timeout,
     )
 
 
-def build_redis(settings: Settings) -> Redis:
+def build_redis(settings: StoreSettings) -> Redis:
     return open_redis(settings.redis_url, cluster=settings.redis_cluster)
 
 
@@ -195,27 +212,64 @@ class Runtime:
         self.stopped_cleanly = True  # False once a worker died on its own
 
     # --- construction -----------------------------------------------------------------
+    # Set by _build_app / start (class defaults, so a replica without commands has them too).
+    _verifier: SignatureVerifier | None = None
+    _authorization: AuthorizeResult | None = None
+    _connecting: asyncio.Task[None] | None = None
+    startup_error: StartupError | None = None  # a refusal met after start() returned
+
     def _build_app(self) -> AsyncApp:
-        http = self.settings.effective_slack_mode is SlackMode.HTTP
+        """Bolt, authorised by the start-up auth.test (`_authorize`), verified by us.
+
+        HTTP requests are verified in `_slack_events` on the raw bytes before Bolt parses
+        anything, so Bolt's own check would only re-check the same bytes: it is off. Bolt's
+        client carries no token: Bolt builds one per request from its base_url with the token
+        `_authorize` returns, so the fake Slack of the tests and the demo keeps working.
+        """
         secret = self.settings.slack_signing_secret
-        logging.getLogger("slack_bolt.AsyncApp").addFilter(BOLT_TOKEN_NOTICE)
-        app = AsyncApp(
-            client=self.slack,
-            signing_secret=secret.get_secret_value() if secret is not None else "",
-            request_verification_enabled=http,
-            process_before_response=False,
-        )
+        if self.settings.effective_slack_mode is SlackMode.HTTP and secret is not None:
+            self._verifier = SignatureVerifier(secret.get_secret_value())
+
+        async def authorize() -> AuthorizeResult:
+            # A plain function: Bolt passes arguments by their names, and needs none here.
+            return await self._authorize()
+
+        with _quiet("slack_bolt.AsyncApp"):
+            # Bolt reads SLACK_BOT_TOKEN from the environment itself and warns that it is
+            # unused next to our client; that is deliberate, so mute its constructor only.
+            app = AsyncApp(
+                client=build_slack(self.settings, with_token=False),
+                authorize=authorize,
+                request_verification_enabled=False,
+                process_before_response=False,
+            )
         services = self.services
+        clock = self.clock  # the runtime's clock: the demo's runs fast, and /jobs must agree
 
         async def inject_services(
             context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
         ) -> None:
             context["services"] = services
+            context["clock"] = clock
             await next()
 
         app.use(inject_services)
         register_handlers(app)
         return app
+
+    async def _authorize(self) -> AuthorizeResult:
+        """Bolt's authorize: the cached start-up auth.test (one round trip if it has not run)."""
+        if self._authorization is None:
+            await self._authenticate()
+        assert self._authorization is not None
+        return self._authorization
+
+    async def _authenticate(self) -> None:
+        response = await self.slack.auth_test()
+        self._authorization = AuthorizeResult.from_auth_test_response(
+            bot_token=self.settings.slack_bot_token.get_secret_value(),
+            auth_test_response=response,
+        )
 
     def _build_notifier(self) -> Notifier:
         settings = self.settings
@@ -249,6 +303,17 @@ class Runtime:
     def _role_names(self) -> list[str]:
         return [name for name, on in self.roles.items() if on]
 
+    async def _register(self) -> bool:
+        """Join the replicas; False when Redis cannot be reached yet (the heartbeat retries)."""
+        try:
+            await self.replicas.register(roles=self._role_names)
+        except ReplicaIdInUse as exc:
+            raise StartupError(str(exc)) from None
+        except RedisError as exc:
+            log.warning("Redis is not reachable yet (%s); this replica joins once it is", exc)
+            return False
+        return True
+
     async def _beat_forever(self, *, registered: bool) -> None:
         """Renew this replica's heartbeat; stop the process if another one took its id."""
         every = self.settings.heartbeat_ttl_seconds / 3
@@ -278,26 +343,23 @@ class Runtime:
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Serve HTTP, connect Socket Mode when configured, start the workers."""
-        if self.app is not None:
-            await self._warm_authorization(self.app)
-        await self._start_http()
-        try:
-            await self.replicas.register(roles=self._role_names)
-            registered = True
-        except ReplicaIdInUse as exc:
-            raise StartupError(str(exc)) from None
-        except RedisError as exc:  # the heartbeat keeps trying; nothing leads meanwhile
-            log.warning("Redis is not reachable yet (%s); this replica joins once it is", exc)
-            registered = False
-        self._spawn("heartbeat", self._beat_forever(registered=registered))
-        # Workers first: alerts must flow even while Slack's socket is still connecting.
+        """Serve HTTP, start the workers, reach Slack (retried in the background)."""
+        await self._start_http()  # first: /healthz answers while Slack does not
+        # Join the replicas: only a live replica may lead (poll, deliver).
+        self._spawn("heartbeat", self._beat_forever(registered=await self._register()))
+        # Workers next: alerts must flow even while Slack's socket is still connecting.
         if self.poller is not None:
             self._spawn("poller", self.poller.run_forever(self.stop_event))
         if self.notifier is not None:
             self._spawn("notifier", self.notifier.run_forever(self.stop_event))
-        if self.app is not None and self.settings.effective_slack_mode is SlackMode.SOCKET:
-            await self._connect_socket(self.app)
+        if self.app is not None:
+            self.health.socket_connected = self._slack_connected  # /readyz names Slack
+            # One attempt now: a refused token stops start-up here, and the first /jobs
+            # after a start is authorised from the cached auth.test, without a round trip.
+            reason = await self._reach_slack()
+            if reason is not None:
+                log.warning("Slack: %s (attempt 1); retrying in %.0fs", reason, SLACK_RETRY_FIRST)
+                self._connecting = asyncio.create_task(self._keep_reaching_slack(), name="slack")
         roles = ",".join(name for name, on in self.roles.items() if on) or "none"
         log.info(
             "timbal-jobs-bot up: org=%s mode=%s roles=%s port=%d replica=%s",
@@ -308,38 +370,78 @@ class Runtime:
             self.replica,
         )
 
-    async def _warm_authorization(self, app: AsyncApp) -> None:
-        """Call auth.test now rather than on the first slash command.
+    async def _slack_connected(self) -> bool:
+        if self._authorization is None:
+            return False
+        if self.settings.effective_slack_mode is SlackMode.HTTP:
+            return True
+        return self._socket is not None and bool(await self._socket.client.is_connected())
 
-        Bolt's single-workspace authorization runs before any listener middleware and calls
-        auth.test on the first request, so without this the first `/jobs` after a start waits
-        for a Slack round trip before it is acked. A refused bot token stops start-up here.
+    async def _reach_slack(self) -> str | None:
+        """One step towards a usable Slack: None when there, else why not (to retry).
+
+        Raises StartupError when Slack refuses a token: retrying cannot fix that.
+        """
+        if self._authorization is None:
+            reason = await self._warm_authorization()
+            if reason is not None:
+                return reason
+        if self.settings.effective_slack_mode is SlackMode.SOCKET:
+            return await self._connect_socket()
+        return None
+
+    async def _keep_reaching_slack(self) -> None:
+        """Retry `_reach_slack` with capped back-off, one log line an attempt, until stopped."""
+        delay = SLACK_RETRY_FIRST
+        attempt = 2
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), delay)
+            if self.stop_event.is_set():
+                return
+            try:
+                reason = await self._reach_slack()
+            except StartupError as exc:
+                log.error("Slack: %s; stopping", exc)
+                self.startup_error = exc
+                self.stopped_cleanly = False
+                self.stop_event.set()
+                return
+            except Exception as exc:  # an answer we did not foresee: still one line, retried
+                said = excerpt(str(exc), 200, Redactor(self.settings.secrets))
+                reason = f"{type(exc).__name__}: {said}"
+            if reason is None:
+                log.info("Slack: reached after %d attempts", attempt)
+                return
+            delay = min(delay * 2, SLACK_RETRY_MAX)
+            log.warning("Slack: %s (attempt %d); retrying in %.0fs", reason, attempt, delay)
+            attempt += 1
+
+    async def _warm_authorization(self) -> str | None:
+        """auth.test once, at start rather than on the first slash command.
+
+        None when it answered; else why not (retried). A refused bot token raises.
         """
         try:
-            auth = await self.slack.auth_test()
+            await self._authenticate()
         except SlackApiError as exc:
             error = error_code(exc)
             if error in TOKEN_ERRORS:
                 raise StartupError(f"Slack refused SLACK_BOT_TOKEN (auth.test: {error})") from None
-            log.warning("auth.test failed (%s); the first slash command will retry it", error)
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("Slack is not reachable (%s); auth.test deferred", type(exc).__name__)
-            return
-        # Bolt keeps the result on its authorization middleware; fill it in if Bolt's
-        # internals are as we know them, and otherwise leave it to the first request.
-        for middleware in getattr(app, "_async_middleware_list", []):
-            if isinstance(middleware, AsyncSingleTeamAuthorization):
-                middleware.auth_test_result = auth
+            return f"auth.test failed ({error})"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return unreachable(str(self.settings.slack_api_url), exc)
+        return None
 
-    async def _connect_socket(self, app: AsyncApp) -> None:
+    async def _connect_socket(self) -> str | None:
+        """Open the Socket Mode connection; None once connected, else why not."""
         token = self.settings.slack_app_token
-        assert token is not None  # Settings guarantees it in socket mode
-        self._socket = AsyncSocketModeHandler(app, token.get_secret_value())
-        self.health.socket_connected = self._socket.client.is_connected
+        assert token is not None and self.app is not None  # Settings guarantees it in socket mode
+        if self._socket is None:
+            self._socket = AsyncSocketModeHandler(self.app, token.get_secret_value())
         client = self._socket.client
-        # slack_sdk's connect() retries a refused token forever; ask once so a bad
-        # SLACK_APP_TOKEN fails start-up with a clear message instead of hanging.
+        # slack_sdk's connect() retries forever, a traceback each time; ask for the URL
+        # ourselves so a refused token is one clear message and an outage one line a try.
         try:
             client.wss_uri = await client.issue_new_wss_url()
         except SlackApiError as exc:
@@ -349,10 +451,21 @@ class Runtime:
                     f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {error}); "
                     "create an app-level token with connections:write"
                 ) from None
-            log.warning("apps.connections.open failed (%s); Socket Mode will retry", error)
-        except aiohttp.ClientError as exc:
-            log.warning("Slack is not reachable (%s); Socket Mode will retry", type(exc).__name__)
-        await self._socket.connect_async()  # type: ignore[no-untyped-call]
+            return f"apps.connections.open failed ({error})"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return unreachable(str(self.settings.slack_api_url), exc)
+        try:
+            await asyncio.wait_for(self._socket.connect_async(), SOCKET_CONNECT_SECONDS)  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            await self._close_socket()  # a fresh handler next time: this one may be closed
+            return "the Socket Mode connection did not open in time"
+        return None
+
+    async def _close_socket(self) -> None:
+        socket_mode, self._socket = self._socket, None
+        if socket_mode is not None:
+            with contextlib.suppress(Exception):
+                await socket_mode.close_async()  # type: ignore[no-untyped-call]
 
     def _spawn(self, name: str, work: Awaitable[None]) -> None:
         async def guarded() -> None:
@@ -380,9 +493,11 @@ class Runtime:
     async def close(self) -> None:
         """Reverse order: stop taking work, finish workers, close the clients."""
         self.stop_event.set()
-        if self._socket is not None:
-            with contextlib.suppress(Exception):
-                await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        await self._close_socket()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in self._tasks:
@@ -393,7 +508,7 @@ class Runtime:
             except Exception:
                 log.exception("worker %s failed", task.get_name())
         with contextlib.suppress(RedisError):
-            await self.replicas.leave()
+            await self.replicas.leave()  # another replica takes over at once
         await self.timbal.aclose()
         session = getattr(self.slack, "session", None)
         if session is not None:
@@ -408,9 +523,27 @@ class Runtime:
         return f"http://127.0.0.1:{self.port}"
 
     async def _slack_events(self, request: web.Request) -> web.Response:
-        assert self.app is not None
-        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(bolt_response)
+        """Verify the raw bytes first; only a verified, readable body reaches Bolt.
+
+        A refused request gets 401 and one log line: no listener, no error handler, no reply
+        to whatever `response_url` it carries. Oversized bodies are refused by aiohttp (413).
+        """
+        assert self.app is not None and self._verifier is not None
+        body = await request.read()
+        refusal = verify(body, request.headers, self._verifier, time.time())
+        if refusal is not Refusal.NONE:
+            log.warning("refused a request to %s: %s", SLACK_EVENTS_PATH, refusal.value)
+            return web.Response(status=401)
+        unreadable, text = read_body(body, request.content_type, request.charset)
+        if unreadable is not Unreadable.NONE:
+            log.warning("refused a signed request to %s: %s", SLACK_EVENTS_PATH, unreadable.value)
+            return web.Response(status=400)
+        bolt_request = AsyncBoltRequest(
+            body=text,
+            query=request.query_string,
+            headers=request.headers,  # type: ignore[arg-type]
+        )
+        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
 
 
 @contextlib.asynccontextmanager

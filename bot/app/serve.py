@@ -9,9 +9,11 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     """Start `app`; return its runner (call `cleanup()` to stop) and the port it listens on."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server  # aiohttp keeps the listening server private; the port is needed
-    assert server is not None
-    bound: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    # The runner's public list of bound addresses; (host, port) or (host, port, flow, scope).
+    bound: int = runner.addresses[0][1]
     return runner, bound

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.app.config import Settings
+from bot.app.config import Settings, TimbalSettings
 from bot.app.metrics import Metrics
 from bot.domain.states import StateClassifier
 from bot.timbal import JobsSource
@@ -18,7 +18,7 @@ class Services:
     metrics: Metrics
 
 
-def classifier_from(settings: Settings) -> StateClassifier:
+def classifier_from(settings: TimbalSettings) -> StateClassifier:
     return StateClassifier(
         failure=settings.failure_states,
         cancelled=settings.cancelled_states,

@@ -1,4 +1,6 @@
-"""Domain models. `Job` mirrors the API's `JobView` exactly (see shared/timbal-openapi.yaml).
+"""Domain models. `Job` mirrors the API's `JobView` exactly: the contract is kept in the
+repository as `docs/timbal-openapi.yaml` (a copy of Timbal's OpenAPI for the endpoint), and
+`tests/test_listing_properties.py` generates listings from it.
 
 Scalars are strict (a string where an integer belongs is a malformed item, not a silent
 coercion); timestamps are parsed into aware datetimes (a naive one is taken as UTC);

@@ -5,13 +5,19 @@ within Block Kit's limits by construction; `fit_blocks` is the final guard (bloc
 section/field/header/context lengths) before slack_sdk's own validation in `to_dict()`.
 
 The summary counts the whole listing the API returned for the scope (the connector, or the
-org); the state filter and the limit only choose which jobs are listed, and the footer says so.
+org); the state filter and the limit only choose which jobs are listed, and the header and the
+footer say which filter: a state (`state failed`) or a whole class, named as one with the
+states of it the listing holds (`failures: failed, error, timed_out`). A state that is neither
+a class nor in the listing is answered with the states seen and the classes; a connector
+without jobs with the connector ids closest to it (`suggestions`, from the org's listing).
+Items of Timbal's answer that could not be read (`skipped`) are always mentioned.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +51,7 @@ from bot.blockkit import (
 )
 from bot.domain.models import Job
 from bot.domain.states import StateClass, StateClassifier
-from bot.jobs.query import MAX_LIMIT, USAGE, JobsQuery
+from bot.jobs.query import MAX_LIMIT, STATE_CLASSES, USAGE, JobsQuery
 
 CLASS_ORDER = (
     StateClass.FAILED,
@@ -63,6 +69,15 @@ MODE_CHARS = 40
 NUMBER_CHARS = 30
 MESSAGE_CHARS = 800
 SUMMARY_STATES = 10  # distinct states named in the summary; the rest are counted
+CLASS_NAMES: dict[StateClass, str] = {
+    StateClass.FAILED: "failures",
+    StateClass.ACTIVE: "active",
+    StateClass.SUCCEEDED: "successes",
+    StateClass.CANCELLED: "cancellations",
+    StateClass.OTHER: "other finished states",
+}
+STATES_NAMED = 8  # states named in a filter label or an unknown-state answer
+SUGGESTIONS = 3
 MAX_JOBS_SHOWN = min(MAX_LIMIT, MAX_BLOCKS - 5)  # header, summary, divider, footer, spare
 
 
@@ -163,10 +178,79 @@ def _scope(query: JobsQuery, org_id: str) -> tuple[str, str]:
     return f"in {name}", name
 
 
-def _title(query: JobsQuery, org_id: str) -> PlainTextObject:
-    if query.connector_id is not None:
-        return _plain(f"Jobs · connector {query.connector_id}", MAX_HEADER_TEXT)
-    return _plain(f"Jobs · org {org_id}", MAX_HEADER_TEXT)
+def _class_states(cls: StateClass, jobs: Sequence[Job], classifier: StateClassifier) -> list[str]:
+    """The states of class `cls` that the listing holds; else those the settings name."""
+    seen = sorted({j.state for j in jobs if classifier.classify(j) is cls})
+    if seen:
+        return seen
+    configured = {
+        StateClass.FAILED: classifier.failure,
+        StateClass.SUCCEEDED: classifier.success,
+        StateClass.CANCELLED: classifier.cancelled,
+    }
+    return sorted(configured.get(cls, frozenset()))
+
+
+def _named(states: Iterable[str]) -> list[str]:
+    names = list(states)
+    shown = names[:STATES_NAMED]
+    return shown + ([f"+{len(names) - STATES_NAMED} more"] if len(names) > STATES_NAMED else [])
+
+
+def filter_label(
+    query: JobsQuery, jobs: Sequence[Job], classifier: StateClassifier
+) -> tuple[str, str] | None:
+    """(plain, mrkdwn) naming the state filter: `state failed` or `failures: failed, error`."""
+    if query.state is None:
+        return None
+    if query.state in STATE_CLASSES:
+        cls = StateClass(query.state)
+        states = _named(_class_states(cls, jobs, classifier))
+        plain = f"{CLASS_NAMES[cls]}: {', '.join(states)}" if states else CLASS_NAMES[cls]
+        rich = ", ".join(inline_code(st, STATE_CHARS) for st in states)
+        return plain, (f"{CLASS_NAMES[cls]}: {rich}" if states else CLASS_NAMES[cls])
+    return f"state {query.state}", f"state {inline_code(query.state, STATE_CHARS)}"
+
+
+def _unknown_state(query: JobsQuery, jobs: Sequence[Job]) -> str:
+    """A state that is no class and that no job has: what the listing does hold, and the classes."""
+    assert query.state is not None
+    seen = _named(sorted({j.state for j in jobs}))
+    classes = ", ".join(f"`{c.value}` ({CLASS_NAMES[c]})" for c in CLASS_ORDER)
+    states = ", ".join(inline_code(st, STATE_CHARS) for st in seen)
+    return (
+        f"No job here has state {inline_code(query.state, STATE_CHARS)}. "
+        f"States in this listing: {states}. Or filter by a class: {classes}."
+    )
+
+
+def closest_connectors(wanted: str, jobs: Iterable[Job]) -> list[str]:
+    """The connector ids of `jobs` closest to `wanted` (difflib's ratio), best first."""
+    ids = sorted({j.connector_id for j in jobs})
+    lowered = {i.lower(): i for i in ids}
+    close = difflib.get_close_matches(wanted.lower(), list(lowered), n=SUGGESTIONS, cutoff=0.5)
+    return [lowered[c] for c in close]
+
+
+def skipped_line(skipped: int) -> str | None:
+    """What the listing could not show: Timbal's items that failed the contract."""
+    if skipped <= 0:
+        return None
+    items = "1 item" if skipped == 1 else f"{skipped:,} items"
+    return f"{items} in Timbal's answer could not be read (logged)."
+
+
+def _title(query: JobsQuery, org_id: str, label: str | None) -> PlainTextObject:
+    scope = f"connector {query.connector_id}" if query.connector_id is not None else f"org {org_id}"
+    return _plain(f"Jobs · {scope}" + (f" · {label}" if label else ""), MAX_HEADER_TEXT)
+
+
+def _no_jobs(query: JobsQuery, scope: str, suggestions: Sequence[str]) -> str:
+    text = f"No jobs {scope}."
+    if query.connector_id is not None and suggestions:
+        named = " or ".join(inline_code(c, ID_CHARS) for c in suggestions[:SUGGESTIONS])
+        text += f" Did you mean {named}?"
+    return text
 
 
 def render_jobs_listing(
@@ -176,14 +260,23 @@ def render_jobs_listing(
     classifier: StateClassifier,
     now: datetime,
     org_id: str,
+    skipped: int = 0,
+    suggestions: Sequence[str] = (),
 ) -> RenderedMessage:
-    """The answer to `/jobs`: summary of `jobs` by state, then the newest matching jobs."""
+    """The answer to `/jobs`: summary of `jobs` by state, then the newest matching jobs.
+
+    `skipped`: items of Timbal's answer that could not be read; `suggestions`: connector ids
+    close to the one asked for, shown when it has no jobs.
+    """
     scope, where = _scope(query, org_id)
-    state = inline_code(query.state, STATE_CHARS) if query.state is not None else None
-    blocks: list[Block] = [HeaderBlock(text=_title(query, org_id))]
+    label = filter_label(query, jobs, classifier)
+    blocks: list[Block] = [HeaderBlock(text=_title(query, org_id, label[0] if label else None))]
+    unread = skipped_line(skipped)
+    tail = [ContextBlock(elements=[mrkdwn(escape(unread))])] if unread else []
+    tail_text = f" {unread}" if unread else ""
     if not jobs:
-        text = f"No jobs {scope}."
-        return _message(text, [*blocks, SectionBlock(text=mrkdwn(text))])
+        text = _no_jobs(query, scope, suggestions)
+        return _message(text + tail_text, [*blocks, SectionBlock(text=mrkdwn(text)), *tail])
     matching = sorted(
         (job for job in jobs if query.wants(job, classifier)),
         key=lambda job: (job.created_at, job.id),
@@ -193,19 +286,26 @@ def render_jobs_listing(
     summary, plain_summary = _summary(jobs, classifier)
     blocks += [SectionBlock(text=mrkdwn(truncate(summary, MAX_SECTION_TEXT))), DividerBlock()]
     if not matching:
-        text = f"No jobs with state {state} {scope}."
-        blocks.append(SectionBlock(text=mrkdwn(text)))
-        return _message(f"{text} All jobs: {plain_summary}", blocks)
+        assert label is not None  # only a state filter can leave nothing to show
+        if query.state in STATE_CLASSES:
+            text = f"No jobs {scope} match {label[1]}."
+        else:  # a state no job has, and no class: say what there is to ask for
+            text = _unknown_state(query, jobs)
+        blocks.append(SectionBlock(text=mrkdwn(truncate(text, MAX_SECTION_TEXT))))
+        blocks += tail
+        return _message(f"{text} All jobs: {plain_summary}{tail_text}", blocks)
     blocks += [SectionBlock(text=mrkdwn(job_text(j, classifier.classify(j), now))) for j in shown]
     footer = f"Showing {len(shown)} of {len(matching)} job{'s' if len(matching) != 1 else ''}"
-    if state is not None:
-        footer += f" with state {state} ({len(jobs)} in all)"
+    if label is not None:
+        footer += f" · {label[1]} ({len(jobs)} in all)"
     footer += f", newest first · {where}"
     if len(shown) < len(matching) and query.limit < MAX_LIMIT:
         footer += f" · `limit={MAX_LIMIT}` shows more"
-    blocks.append(ContextBlock(elements=[mrkdwn(footer)]))
+    if unread:
+        footer += f" · {escape(unread)}"
+    blocks.append(ContextBlock(elements=[mrkdwn(truncate(footer, MAX_SECTION_TEXT))]))
     total = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
-    return _message(f"{total} {scope}: {plain_summary}", blocks)
+    return _message(f"{total} {scope}: {plain_summary}{tail_text}", blocks)
 
 
 def render_usage(reason: str | None = None) -> RenderedMessage:

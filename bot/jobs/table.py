@@ -7,10 +7,26 @@ from datetime import datetime
 
 from bot.blockkit import elapsed_ms, fmt_count, fmt_duration_ms, fmt_rate
 from bot.domain.models import Job
-from bot.domain.states import StateClassifier
+from bot.domain.states import StateClass, StateClassifier
 
 COLUMNS = ("STATE", "CONNECTOR", "TABLE", "MODE", "ROWS", "ROWS/S", "DURATION", "CREATED (UTC)")
 MAX_CELL = 40
+# Said after a state only when it adds something: "timed_out (failure)", never "failed (failed)".
+CLASS_WORDS = {
+    StateClass.FAILED: "failure",
+    StateClass.SUCCEEDED: "success",
+    StateClass.CANCELLED: "cancelled",
+}
+
+
+def state_cell(state: str, cls: StateClass) -> str:
+    """The STATE column: the API's state, with its class where the name does not say it."""
+    if cls is StateClass.OTHER:
+        return f"finished (state: {state})"
+    word = CLASS_WORDS.get(cls)
+    if word is None or state.strip().lower() in (cls.value, word):
+        return state
+    return f"{state} ({word})"
 
 
 def _cell(text: str) -> str:
@@ -24,7 +40,7 @@ def format_jobs_table(
     shown = sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
     rows = [
         (
-            f"{job.state} ({classifier.classify(job).value})",
+            state_cell(job.state, classifier.classify(job)),
             job.connector_id,
             job.dest_table,
             job.mode,

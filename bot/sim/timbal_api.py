@@ -3,12 +3,14 @@
 Checks the bearer key (401 without it, 403 for another org), applies the `connector_id`
 filter, serves whatever job dicts `jobs` holds (scripted lifecycles mutate them, or a
 `source` callable such as the demo's simulator computes them), and can be told to fail:
-a status with a body, a delay, or a body that is not the documented shape.
+a status with a body, a delay, a body that is not the documented shape, or an answer
+trickled one byte every `trickle` seconds (headers at once, then the body, slowly).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ class Injected:
     body: str | None = None  # raw body; None: the normal listing
     content_type: str = "application/json"
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between two bytes of the body; 0: all at once
     times: int = 1
 
 
@@ -35,6 +38,7 @@ class FakeTimbal:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     source: Callable[[], list[dict[str, Any]]] | None = None
     delay: float = 0.0  # seconds before every answer
+    trickle: float = 0.0  # seconds between two bytes of every answer's body; 0: at once
     injected: list[Injected] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
@@ -74,7 +78,7 @@ class FakeTimbal:
         return job
 
     # --- handler ---------------------------------------------------------------------
-    async def _list(self, request: web.Request) -> web.Response:
+    async def _list(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
             {
                 "org_id": request.match_info["org_id"],
@@ -91,6 +95,8 @@ class FakeTimbal:
                 self.injected.pop(0)
             if inj.delay:
                 await asyncio.sleep(inj.delay)
+            if inj.trickle:
+                return await self._trickle(request, inj.trickle, self._listing(request))
             if inj.status != 200 or inj.body is not None:
                 return web.Response(
                     status=inj.status, text=inj.body or "", content_type=inj.content_type
@@ -99,11 +105,33 @@ class FakeTimbal:
             return web.json_response({"error": "unauthorized"}, status=401)
         if request.match_info["org_id"] != self.org_id:
             return web.json_response({"error": "forbidden"}, status=403)
+        if self.trickle:
+            return await self._trickle(request, self.trickle, self._listing(request))
+        return web.json_response(self._listing(request))
+
+    def _listing(self, request: web.Request) -> dict[str, Any]:
         jobs = self.source() if self.source is not None else list(self.jobs)
         connector = request.query.get("connector_id")
         if connector is not None:
             jobs = [j for j in jobs if j.get("connector_id") == connector]
-        return web.json_response({"jobs": jobs})
+        return {"jobs": jobs}
+
+    async def _trickle(
+        self, request: web.Request, every: float, payload: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Headers now, then the body one byte every `every` seconds, until the client leaves."""
+        body = json.dumps(payload).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        try:
+            for i in range(len(body)):
+                await response.write(body[i : i + 1])
+                await asyncio.sleep(every)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):  # the client gave up: what the test wants
+            pass
+        return response
 
 
 def make_job(job_id: str, **fields: Any) -> dict[str, Any]:

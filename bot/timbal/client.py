@@ -2,10 +2,14 @@
 
 One shared `httpx.AsyncClient` (explicit timeouts, bearer key, `User-Agent`); the GET is
 retried on timeouts, connection errors, 5xx and 429 only, with exponential back-off and
-jitter, honouring `Retry-After` (capped). Bodies are read with a bound. Items that fail
-`Job` validation are skipped and logged, so one bad job cannot hide the others; a listing
-whose items are *all* malformed is a contract break and raises `TimbalBadResponse` (an empty
-answer would read as "no jobs" to users and as "every job vanished" to the poller).
+jitter, honouring `Retry-After` (capped). Bodies are read with a bound. Each attempt has one
+overall deadline, `timeout`, for the whole exchange, body included: httpx's timeouts are per
+read, so an answer trickled a byte at a time would otherwise hold the caller for as long as
+it lasts. The retries are bounded on their own (`retries` attempts, back-off capped).
+Items that fail `Job` validation are skipped and logged, so one bad job cannot hide the
+others; a listing whose items are *all* malformed is a contract break and raises
+`TimbalBadResponse` (an empty answer would read as "no jobs" to users and as "every job
+vanished" to the poller).
 
 Errors: see `bot.timbal.errors`.
 """
@@ -28,6 +32,8 @@ from pydantic import SecretStr, ValidationError
 
 from bot import __version__
 from bot.domain.models import Job
+from bot.reach import address, cause
+from bot.redaction import excerpt
 from bot.timbal.errors import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,8 @@ def parse_listing(payload: Any, *, redact: Callable[[str], str] = str) -> JobLis
         try:
             jobs.append(Job.model_validate(item))
         except ValidationError as exc:
-            shown = redact(repr(item.get("id") if isinstance(item, dict) else None)[:100])
+            item_id = repr(item.get("id") if isinstance(item, dict) else None)
+            shown = excerpt(item_id, 100, redact)
             log.warning("timbal: skipped job item %d (id=%s): %s", index, shown, _summary(exc))
     skipped = len(payload["jobs"]) - len(jobs)
     if skipped and not jobs:
@@ -100,6 +107,8 @@ class JobsSource(Protocol):
     """Anything that lists the org's jobs (the client, or a test double)."""
 
     async def list_jobs(self, connector_id: str | None = None) -> list[Job]: ...
+
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing: ...
 
 
 class TimbalClient:
@@ -126,6 +135,7 @@ class TimbalClient:
         self.org_id = org_id
         self._api_key = api_key
         self._timeout = httpx.Timeout(connect=timeout, read=timeout, write=timeout, pool=timeout)
+        self._deadline = timeout  # the whole exchange, body included
         self._retries = max(retries, 0)
         self._backoff = backoff
         self._sleep = sleep
@@ -164,7 +174,8 @@ class TimbalClient:
                     raise retry.error from retry.__cause__
                 delay = retry.delay if retry.delay is not None else self._delay(attempt)
                 what = f"GET {request.url} attempt {attempt + 1}/{attempts}"
-                log.warning("timbal: %s: %s; retrying in %.2fs", what, retry.error.reason, delay)
+                why = retry.error.reason.rstrip(".")
+                log.warning("timbal: %s: %s; retrying in %.2fs", what, why, delay)
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -173,12 +184,25 @@ class TimbalClient:
         return min(self._backoff * 2.0**attempt * random.uniform(0.5, 1.0), MAX_RETRY_DELAY)
 
     async def _attempt(self, request: httpx.Request) -> JobListing:
+        """One exchange, body included, within the deadline."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._exchange(request)
+        except TimeoutError as exc:
+            where = address(str(request.url))
+            late = (
+                f"Timbal did not answer in time ({where}: no whole answer in {self._deadline:g}s)."
+            )
+            raise _Retry(TimbalUnavailable(late)) from exc
+
+    async def _exchange(self, request: httpx.Request) -> JobListing:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise _Retry(TimbalUnavailable("Timbal did not answer in time.")) from exc
+            where = address(str(request.url))
+            raise _Retry(TimbalUnavailable(f"Timbal did not answer in time ({where}).")) from exc
         except RETRYABLE_ERRORS as exc:
-            raise _Retry(TimbalUnavailable("Timbal could not be reached.")) from exc
+            raise _Retry(self._unreachable(request, exc)) from exc
         except httpx.HTTPError as exc:
             raise TimbalError(f"The request to Timbal failed ({type(exc).__name__}).") from exc
         try:
@@ -190,11 +214,17 @@ class TimbalClient:
         finally:
             await response.aclose()
 
+    @staticmethod
+    def _unreachable(request: httpx.Request, exc: Exception) -> TimbalUnavailable:
+        """'Timbal could not be reached at api.timbal.ai:443 (DNS lookup failed).'"""
+        where = address(str(request.url))
+        return TimbalUnavailable(f"Timbal could not be reached at {where} ({cause(exc)}).")
+
     async def _handle(self, response: httpx.Response) -> JobListing:
         status = response.status_code
         if not 200 <= status < 300:
             head, _ = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
-            text = self._redact(repr(head.decode("utf-8", "replace")[:LOGGED_BODY_CHARS]))
+            text = repr(excerpt(head.decode("utf-8", "replace"), LOGGED_BODY_CHARS, self._redact))
             log.warning("timbal: GET %s answered %d: %s", response.request.url, status, text)
             raise self._status_error(response)
         body, truncated = await _read_bounded(response, MAX_BODY_BYTES)
@@ -203,7 +233,8 @@ class TimbalClient:
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):
-            text = self._redact(repr(body[:LOGGED_BODY_CHARS].decode("utf-8", "replace")))
+            shown = body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
+            text = repr(excerpt(shown, LOGGED_BODY_CHARS, self._redact))
             log.warning("timbal: answer %d is not JSON: %s", status, text)
             raise TimbalBadResponse("Timbal's answer was not JSON.", status=status) from None
         return parse_listing(payload, redact=self._redact)

@@ -20,8 +20,15 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
 from bot.app.services import Services
-from bot.jobs.listing import RenderedMessage, render_error, render_jobs_listing, render_usage
+from bot.jobs.listing import (
+    RenderedMessage,
+    closest_connectors,
+    render_error,
+    render_jobs_listing,
+    render_usage,
+)
 from bot.jobs.query import HelpRequest, QueryError, parse_jobs_command
+from bot.redaction import Redactor, excerpt
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,11 +36,15 @@ log = logging.getLogger(__name__)
 COMMAND = "/jobs"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class ReplyFailed(Exception):
     """Slack refused the reply at the response URL, even as plain text."""
 
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"response_url answered {status}: {body[:200]!r}")
+    def __init__(self, status: int, body: str, redact: Callable[[str], str] = str) -> None:
+        super().__init__(f"response_url answered {status}: {excerpt(body, 200, redact)!r}")
         self.status = status
 
 
@@ -65,18 +76,31 @@ async def answer(text: str, services: Services, now: datetime) -> tuple[str, Ren
         return "usage", render_usage(parsed.message)
     org_id = services.settings.timbal_org_id
     try:
-        jobs = await services.timbal.list_jobs(parsed.connector_id)
+        listing = await services.timbal.list_jobs_detailed(parsed.connector_id)
+        suggestions: list[str] = []
+        if parsed.connector_id is not None and not listing.jobs:
+            # An unknown connector, perhaps mistyped: the org's listing holds the real ids.
+            org = await services.timbal.list_jobs_detailed()
+            suggestions = closest_connectors(parsed.connector_id, org.jobs)
     except TimbalError as exc:
         outcome, sentence = describe_failure(exc, org_id)
         log.warning("/jobs: Timbal failed (%s): %s", outcome, exc.reason)
         return outcome, render_error(sentence)
     message = render_jobs_listing(
-        jobs, query=parsed, classifier=services.classifier, now=now, org_id=org_id
+        listing.jobs,
+        query=parsed,
+        classifier=services.classifier,
+        now=now,
+        org_id=org_id,
+        skipped=listing.skipped,
+        suggestions=suggestions,
     )
     return "ok", message
 
 
-async def reply(respond: AsyncRespond, message: RenderedMessage) -> None:
+async def reply(
+    respond: AsyncRespond, message: RenderedMessage, redact: Callable[[str], str] = str
+) -> None:
     """Send an ephemeral reply; if Slack refuses the blocks, send the text alone."""
     response = await respond(
         response_type="ephemeral",
@@ -89,11 +113,11 @@ async def reply(respond: AsyncRespond, message: RenderedMessage) -> None:
     log.warning(
         "/jobs: response_url refused the reply (%d %r); retrying as plain text",
         response.status_code,
-        response.body[:200],
+        excerpt(response.body, 200, redact),
     )
     response = await respond(response_type="ephemeral", text=message.text, replace_original=False)
     if response.status_code != 200:
-        raise ReplyFailed(response.status_code, response.body)
+        raise ReplyFailed(response.status_code, response.body, redact)
 
 
 async def handle_jobs_command(
@@ -106,11 +130,13 @@ async def handle_jobs_command(
     await ack()
     started = time.monotonic()
     services: Services = context["services"]
+    clock: Callable[[], datetime] = context.get("clock") or _utcnow
     text = str(command.get("text") or "")
+    redact = Redactor(services.settings.secrets)
     outcome = "error"  # what an exception leaves behind; the app's error handler replies
     try:
-        result, message = await answer(text, services, datetime.now(UTC))
-        await reply(respond, message)
+        result, message = await answer(text, services, clock())
+        await reply(respond, message, redact)
         outcome = result
     finally:
         elapsed = time.monotonic() - started
@@ -119,7 +145,7 @@ async def handle_jobs_command(
         log.info(
             "/jobs user=%s text=%r outcome=%s ms=%d",
             command.get("user_id"),
-            text[:200],
+            excerpt(text, 200, redact),
             outcome,
             elapsed * 1000,
         )
