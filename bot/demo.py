@@ -30,6 +30,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from bot.app.config import SettingsError, load_settings
 from bot.app.logs import setup_logging
 from bot.app.runtime import Runtime
+from bot.domain.subscriptions import EventSet, Mention, MentionKind, Subscription, Target
 from bot.sim.console import format_slack_call
 from bot.sim.simulator import SimulatedOrg
 from bot.sim.slack_api import Call, FakeSlack
@@ -40,15 +41,19 @@ DEMO_KEY = "demo-timbal-key"
 DEMO_ORG = "org_demo"
 DEMO_BOT_TOKEN = "xoxb-demo-token"  # noqa: S105 - the stand-in's own fixed credential
 DEMO_SIGNING_SECRET = "demo-signing-secret"  # noqa: S105
-DEMO_CHANNEL = "#data-alerts"
+DEMO_CHANNEL = "#data-alerts"  # ALERT_CHANNEL: every run that ends
+PAYMENTS_CHANNEL = "#payments-oncall"  # subscribed to stripe-* failures, pinging its on-call
+PAYMENTS_ONCALL = Mention(kind=MentionKind.GROUP, id="S0PAYMENTS", label="@payments-oncall")
 
 BANNER = """\
 timbal-jobs-bot demo: a simulated Timbal org, the real bot, and a Slack stand-in.
 The simulated clock runs {speed:g}× faster than real time: a 10-minute job takes {ten:g} \
 seconds here, and every time shown is simulated time (it started at {start} UTC).
-Alerts the bot posts to {channel} are printed below as they happen.
-Type /jobs, /jobs <connector>, /jobs help, or /jobs state=failed at the prompt; Ctrl-D or
-Ctrl-C quits. Connectors: {connectors}
+Two channels get alerts, printed below as they happen: {channel} gets every run that ends
+(ALERT_CHANNEL), and {payments} subscribed to failures of stripe-*, pinging
+@payments-oncall. You type in {channel}: /jobs, /jobs <connector>, /jobs state=failed,
+/jobs subscriptions all, /jobs mute hubspot-crm 30m, /jobs help; Ctrl-D or Ctrl-C quits.
+Connectors: {connectors}
 """
 
 
@@ -70,6 +75,7 @@ def banner(clock: SimulatedClock, connectors: list[str]) -> str:
         ten=600 / clock.speed,
         start=clock.start.strftime("%H:%M"),
         channel=DEMO_CHANNEL,
+        payments=PAYMENTS_CHANNEL,
         connectors=", ".join(connectors),
     )
 
@@ -111,7 +117,12 @@ async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
 
 async def _slash(runtime: Runtime, slack: FakeSlack, http: httpx.AsyncClient, line: str) -> None:
     text = line.removeprefix("/jobs").strip()
-    body = slash_command_body(text=text, response_url=slack.response_url("demo"))
+    body = slash_command_body(
+        text=text,
+        response_url=slack.response_url("demo"),
+        channel_id=DEMO_CHANNEL,
+        channel_name=DEMO_CHANNEL.lstrip("#"),
+    )
     request = sign(body, DEMO_SIGNING_SECRET)
     response = await http.post(
         f"{runtime.base_url}/slack/events", content=request.body, headers=request.headers
@@ -165,6 +176,15 @@ async def _run(*, speed: float, seconds: float | None, seed: int, tty: bool) -> 
     reader = asyncio.create_task(_prompt_lines(lines) if tty else _stdin_lines(lines))
     try:
         await runtime.start()
+        await runtime.subscriptions.subscribe(  # as `/jobs subscribe` in that channel would
+            Subscription(
+                channel=PAYMENTS_CHANNEL,
+                target=Target(value="stripe-*"),
+                events=EventSet.FAILURES,
+                mention=PAYMENTS_ONCALL,
+                at=clock(),
+            )
+        )
         print(banner(clock, org.connector_ids), flush=True)
         if not tty:
             print("> ", end="", flush=True)

@@ -22,18 +22,19 @@ from storage.lua import script
 
 DEAD_LETTER_MAXLEN = 10_000
 
-# KEYS: outbox, dead letters, actions; ARGV: event id, event JSON, n letters, letter ids...,
-# action ids... (dead or skipped records of those actions are forgotten)
+# KEYS: outbox, dead letters, actions; ARGV: event id, payload JSON, its field ("event" or
+# "notice"), n letters, letter ids..., action ids... (their dead or skipped records are
+# forgotten)
 REPLAY = script("""
-local n = tonumber(ARGV[3])
-for i = 1, n do redis.call('XDEL', KEYS[2], ARGV[3 + i]) end
-for i = 4 + n, #ARGV do
+local n = tonumber(ARGV[4])
+for i = 1, n do redis.call('XDEL', KEYS[2], ARGV[4 + i]) end
+for i = 5 + n, #ARGV do
   local rec = decode(redis.call('HGET', KEYS[3], ARGV[i]))
   if rec and (rec.state == 'dead' or rec.state == 'skipped') then
     redis.call('HDEL', KEYS[3], ARGV[i])
   end
 end
-return redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'event', ARGV[2])
+return redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], ARGV[3], ARGV[2])
 """)
 
 
@@ -41,11 +42,12 @@ return redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'event', ARGV[2])
 class DeadLetter:
     id: str
     event_id: str
-    event: str  # the JobEvent JSON, as the outbox held it ("" when the entry was malformed)
+    event: str  # the JobEvent (or notice) JSON, as the outbox held it ("" when malformed)
     channel: str
     action_id: str
     reason: str
     detail: str
+    payload: str = "event"  # the outbox field it came in: "event" or "notice"
 
     @property
     def at(self) -> datetime:
@@ -65,6 +67,7 @@ class Letter:
     reason: str
     detail: str = ""
     consumer: str = ""
+    payload: str = "event"  # "event" (a JobEvent) or "notice"
 
 
 class DeadLetters:
@@ -86,6 +89,7 @@ class DeadLetters:
                     "reason": letter.reason,
                     "detail": letter.detail[:2000],
                     "consumer": letter.consumer,
+                    "payload": letter.payload,
                 }
                 pipe.xadd(self._keys.dead_letter, fields, maxlen=self._maxlen, approximate=True)
             await pipe.execute()
@@ -102,6 +106,7 @@ class DeadLetters:
                 action_id=row.fields.get("action_id", ""),
                 reason=row.fields.get("reason", ""),
                 detail=row.fields.get("detail", ""),
+                payload=row.fields.get("payload", "event"),
             )
             for row in parse_entries(rows)
         ]
@@ -122,6 +127,7 @@ class DeadLetters:
                 args=[
                     event_id,
                     group[0].event,
+                    "notice" if group[0].payload == "notice" else "event",
                     len(group),
                     *(letter.id for letter in group),
                     *(letter.action_id for letter in group if letter.action_id),

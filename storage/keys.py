@@ -67,6 +67,22 @@ class Keys:
         """STREAM of actions that could not be delivered; capped (MAXLEN ~)."""
         return f"{self._base}:dead"
 
+    # --- who hears about what -------------------------------------------------------------
+    @property
+    def subscriptions(self) -> str:
+        """HASH `channel|target` -> Subscription JSON; at most 200 per channel."""
+        return f"{self._base}:subscriptions"
+
+    @property
+    def mutes(self) -> str:
+        """HASH `channel|target` -> Mute JSON; deleted when the mute ends (expiry or unmute)."""
+        return f"{self._base}:mutes"
+
+    @property
+    def held(self) -> str:
+        """HASH `channel|target|tally` -> what a mute held back; deleted with the mute."""
+        return f"{self._base}:held"
+
     # --- replicas and who does what ---------------------------------------------------------
     @property
     def replicas(self) -> str:

@@ -1,8 +1,9 @@
 """Plans: what each outbox entry asks for, stored the first time it is planned.
 
-HASH `Keys.plans`: outbox entry id -> Plan JSON. `save()` is HSETNX: the first plan stored for
-an entry wins, so a crash, a restart, a second replica or a change of subscriptions in between
-never changes which actions an entry means (their ids, channels and messages). Plans are
+HASH `Keys.plans`: outbox entry id -> Plan JSON. The first plan stored for an entry wins, so a
+crash, a restart, a second replica or a change of subscriptions in between never changes
+which actions an entry means (their ids, channels and messages). What a plan held back for a
+muted channel is counted in the same script (`Keys.held`), so it is counted once. Plans are
 deleted with their entry (`OutboxConsumer.finish`).
 """
 
@@ -19,10 +20,21 @@ from storage.keys import Keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: plans; ARGV: entry id, plan JSON -> the stored plan (ours or an earlier one)
+# KEYS: plans, held, mutes; ARGV: entry id, plan JSON, then (mute field, tally, last failure)
+# for each event held back -> the stored plan (ours or an earlier one), or '' when a mute the
+# plan relies on has ended meanwhile (plan again: the event is no longer held back).
 SAVE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return ARGV[2] end
-return redis.call('HGET', KEYS[1], ARGV[1])
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored then return stored end
+for i = 3, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then return '' end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for i = 3, #ARGV, 3 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i] .. '|' .. ARGV[i + 1], 1)
+  if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[2], ARGV[i] .. '|last', ARGV[i + 2]) end
+end
+return ARGV[2]
 """
 
 
@@ -48,11 +60,19 @@ class PlanStore:
                 log.warning("ignoring an unreadable plan for outbox entry %s", entry_id)
         return plans
 
-    async def save(self, plan: Plan) -> Plan:
-        """Store `plan` unless one is stored already; the stored one is returned either way."""
+    async def save(self, plan: Plan) -> Plan | None:
+        """Store `plan` unless one is stored already (the stored one is returned either way),
+        and count what it held back for the mutes' summaries, in the same step. None: a mute
+        the plan relies on has ended since it was routed; route and plan the entry again."""
+        held: list[str] = []
+        for h in plan.held_back:
+            held += [f"{h.channel}|{h.target}", h.tally, h.last_failure]
+        k = self._keys
         stored = await self._save(
-            keys=[self._keys.plans], args=[plan.entry_id, plan.model_dump_json()]
+            keys=[k.plans, k.held, k.mutes], args=[plan.entry_id, plan.model_dump_json(), *held]
         )
+        if not stored:
+            return None
         try:
             return Plan.model_validate_json(stored)
         except ValidationError:  # an unreadable earlier plan: ours replaces it

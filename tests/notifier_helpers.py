@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.alerts.decide import Policy
 from bot.alerts.deliver import Timing
 from bot.alerts.notifier import Notifier, NotifierConfig
-from bot.alerts.route import Router, single_channel_router
+from bot.alerts.route import Router, single_channel_router, static
 from bot.app.metrics import Metrics
 from bot.domain.delivery import Route
 from bot.domain.events import EventKind, JobEvent
@@ -99,7 +99,7 @@ async def make_notifier(
         redis=r,
         keys=KEYS,
         slack=AsyncWebClient(token=fake.bot_token, base_url=fake.base_url),
-        router=router or single_channel_router(CH, mention),
+        routes=static(router or single_channel_router(CH, mention)),
         identity=me,
         metrics=metrics or Metrics(),
         config=notifier_config(**overrides),

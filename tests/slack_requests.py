@@ -23,6 +23,7 @@ def slash_command(
     signing_secret: str,
     command: str = "/jobs",
     user_id: str = "U0USER",
+    user_name: str = "ada",
     channel_id: str = "C0GENERAL",
     forge: bool = False,
     stale: bool = False,
@@ -37,6 +38,7 @@ def slash_command(
         response_url=response_url,
         command=command,
         user_id=user_id,
+        user_name=user_name,
         channel_id=channel_id,
     )
     secret = signing_secret + "-forged" if forge else signing_secret

@@ -58,6 +58,8 @@ async def test_demo_posts_alerts_and_answers_jobs() -> None:
         await proc.stdin.drain()
         await read_until(lambda: printed(REPLY) and printed("Showing"), within=30)
         await read_until(lambda: alerted("failed") and alerted("succeeded"), within=60)
+        # A second channel, subscribed to stripe-* failures only, pinging its on-call.
+        await read_until(lambda: printed("── #payments-oncall"), within=60)
         proc.stdin.close()  # end of input ends the demo
         async with asyncio.timeout(30):
             seen.append((await proc.stdout.read()).decode())  # the rest, to the end
@@ -74,6 +76,10 @@ async def test_demo_posts_alerts_and_answers_jobs() -> None:
     assert "Traceback" not in output
     assert code == 0
     assert "The simulated clock runs 60× faster than real time" in output
+    payments = [
+        seen[i + 1] for i, line in enumerate(seen[:-1]) if line.startswith("── #payments-oncall")
+    ]
+    assert payments and all("stripe-payments failed" in header for header in payments)
     assert_times_agree_with_durations(output)
 
 

@@ -33,7 +33,13 @@ from pydantic import ValidationError
 from bot.app.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED_SCOPES = {"commands", "chat:write", "chat:write.public", "channels:history"}
+REQUIRED_SCOPES = {
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "channels:history",
+    "channels:read",  # /jobs subscribe checks the channel (conversations.info)
+}
 DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")  # Go's time.ParseDuration, as Compose
 
 
@@ -367,14 +373,14 @@ def test_manifest_jobs_command(manifest: dict[str, Any]) -> None:
     (command,) = manifest["features"]["slash_commands"]
     assert command["command"] == "/jobs"
     assert command["description"]
-    assert command["usage_hint"] == "[connector] [state=failed] [limit=25]"
+    assert command["usage_hint"].startswith("[connector] [state=failed] | subscribe")
     assert command["should_escape"] is True
     assert command["url"] == "https://YOUR-HOST/slack/events"
 
 
 def test_manifest_scopes_and_settings(manifest: dict[str, Any]) -> None:
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {*REQUIRED_SCOPES, "groups:history"} == scopes
+    assert {*REQUIRED_SCOPES, "groups:history", "groups:read"} == scopes
     settings = manifest["settings"]
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["interactivity"]["request_url"] == "https://YOUR-HOST/slack/events"

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.alerts.route import route, single_channel_router
+from bot.alerts.route import single_channel_router
 from bot.alerts.send import EVENT_TYPE, metadata
 from bot.app.metrics import Metrics
 from bot.domain.delivery import ActionRecord, RecordState, Route, action_id
@@ -67,14 +67,14 @@ async def held_by_a_dead_replica(r: Redis, *events: JobEvent, sending: bool) -> 
 # --- routing ---------------------------------------------------------------------------------
 
 
-def test_route_goes_to_the_alert_channel_or_nowhere_and_mentions_only_failures() -> None:
+def test_a_single_channel_router_mentions_only_failures() -> None:
     failed, ok = job_event(1), job_event(2, EventKind.SUCCEEDED)
-    assert route(failed, alert_channel="C1", mention="<!here>") == [
+    assert single_channel_router("C1", "<!here>")(failed) == [
         Route(channel="C1", mention="<!here>")
     ]
-    assert route(ok, alert_channel="C1", mention="<!here>") == [Route(channel="C1")]
-    assert route(failed, alert_channel=None) == []
-    assert route(failed, alert_channel="  ") == []
+    assert single_channel_router("C1", "<!here>")(ok) == [Route(channel="C1")]
+    assert single_channel_router(None)(failed) == []
+    assert single_channel_router("  ")(failed) == []
     assert single_channel_router(" C1 ")(failed) == [Route(channel="C1")]
 
 
@@ -304,7 +304,7 @@ async def test_a_restarted_replica_resumes_its_own_pending_entries_at_once(
 # --- bad entries -----------------------------------------------------------------------------
 
 
-async def test_malformed_and_unroutable_entries_are_dead_lettered(
+async def test_malformed_entries_are_dead_lettered_and_unrouted_ones_counted(
     redis_client: aioredis.Redis, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
     await redis_client.xadd(KEYS.outbox, {"event_id": "x", "event": "{not json"})
@@ -316,15 +316,17 @@ async def test_malformed_and_unroutable_entries_are_dead_lettered(
     def router(event: JobEvent, /) -> list[Route]:
         return [] if event.job.connector_id == "nowhere" else [Route(channel=CH)]
 
-    notifier = await make_notifier(redis_client, fake_slack, router=router)
+    metrics = Metrics()
+    notifier = await make_notifier(redis_client, fake_slack, router=router, metrics=metrics)
     with caplog.at_level(logging.WARNING):
         batch = await notifier.run_once()
     assert batch.acked == 4
     assert delivered(fake_slack) == [good.event_id]
     dead = await dead_letters(redis_client)
-    assert [f["reason"] for f in dead] == ["malformed", "malformed", "no_route"]
-    assert dead[2]["event_id"] == nowhere.event_id
-    assert "no channel to go to" in caplog.text
+    # Malformed entries are kept for an operator; an event no channel subscribed to is not
+    # an error: it is acknowledged and counted.
+    assert [f["reason"] for f in dead] == ["malformed", "malformed"]
+    assert counter(metrics, "tjb_events_unrouted_total") == 1
     assert await outbox_empty(redis_client)
 
 

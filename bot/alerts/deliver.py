@@ -45,6 +45,7 @@ from bot.app.metrics import Metrics
 from bot.backoff import backoff
 from bot.domain.delivery import Action, ActionKind, ActionRecord, Message, RecordState
 from bot.domain.events import EventKind, JobEvent
+from bot.domain.notices import MuteSummary
 from storage.dead_letters import DeadLetters, Letter
 from storage.gates import BACKOFF, RATE_LIMITED, SlackGates
 from storage.records import ActionRecords, Claimed, ClaimReply, ClaimStatus, Release
@@ -57,6 +58,7 @@ DIGEST = "digest"  # the reason recorded on the posts a digest carried
 CHANNEL_REFUSAL_MEMORY = 60.0
 
 Tokens = list[tuple[str, int]]
+Payload = JobEvent | MuteSummary  # what an outbox entry carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ class ChannelDelivery:
         metrics: Metrics,
         policy: Policy,
         timing: Timing,
-        event_of: Callable[[Action], tuple[str, JobEvent]],
+        event_of: Callable[[Action], tuple[str, Payload]],
         clock: Callable[[], datetime],
         on_slack_trouble: Callable[[], None],
     ) -> None:
@@ -408,11 +410,12 @@ class ChannelDelivery:
             )
         return await self._sender.update(run.channel, target, message, meta, plain_text=plain_text)
 
-    def _message(self, unit: Sequence[Action]) -> tuple[Message, dict[str, object], list[JobEvent]]:
-        events = [self._event_of(a)[1] for a in unit]
+    def _message(self, unit: Sequence[Action]) -> tuple[Message, dict[str, object], list[Payload]]:
+        payloads = [self._event_of(a)[1] for a in unit]
         meta = metadata([a.id for a in unit], [e for a in unit for e in a.event_ids])
         if len(unit) == 1:
-            return unit[0].message, meta, events
+            return unit[0].message, meta, payloads
+        events = [p for p in payloads if isinstance(p, JobEvent)]  # digests are of job alerts
         try:
             alert = render_digest(events, now=self._clock())
         except Exception:  # a rendering bug must not hold the channel's queue
@@ -421,13 +424,16 @@ class ChannelDelivery:
         mention = next((a.mention for a in unit if a.mention), None)
         if mention and any(e.kind is EventKind.FAILED for e in events):
             alert = with_mention(alert, mention)
-        return Message(text=alert.text, blocks=alert.blocks), meta, events
+        return Message(text=alert.text, blocks=alert.blocks), meta, payloads
 
     def _log_sent(
-        self, channel: str, unit: Sequence[Action], events: list[JobEvent], ts: str
+        self, channel: str, unit: Sequence[Action], payloads: list[Payload], ts: str
     ) -> None:
         digest = f" digest_of={len(unit)}" if len(unit) > 1 else ""
-        for action, event in zip(unit, events, strict=True):
+        for action, event in zip(unit, payloads, strict=True):
+            if not isinstance(event, JobEvent):
+                log.info("notice sent action=%r channel=%s ts=%s", action.id, channel, ts)
+                continue
             if action.kind is not ActionKind.POST:
                 log.info(
                     "%s sent action=%r channel=%s ts=%s", action.kind.value, action.id, channel, ts
@@ -503,6 +509,7 @@ class ChannelDelivery:
                         entry_id=entry_id,
                         event_id=event.event_id,
                         event=event.model_dump_json(),
+                        payload="event" if isinstance(event, JobEvent) else "notice",
                         channel=run.channel,
                         action_id=action.id,
                         reason=reason,

@@ -6,11 +6,14 @@ within seconds of its heartbeat lapsing (`storage.replicas`, `storage.lease`). S
 loses nothing and keeps each channel's order without coordination. On taking over, it adopts
 every entry other consumers still hold, then reads new ones.
 
-Each entry is routed (`Router`) and planned (`bot.alerts.plan`) once; the plan is stored, so
-its actions never change. Actions queue per channel, in stream order, and a worker task per
-channel delivers its queue head by head (`bot.alerts.deliver`): a paused, paced or failing
-channel holds back only itself. Several waiting posts in a channel become one digest. An
-entry is acknowledged and deleted once every action planned from it is final.
+Each entry is routed (a `Router` built each pass from the subscriptions and mutes of the
+moment) and planned (`bot.alerts.plan`) once; the plan is stored, so its actions never change.
+Entries also carry notices (a mute's summary), planned as one post. Events nobody subscribed
+to are acknowledged and counted (`tjb_events_unrouted_total`). Actions queue per channel, in
+stream order, and a worker task per channel delivers its queue head by head
+(`bot.alerts.deliver`): a paused, paced or failing channel holds back only itself. Several
+waiting posts in a channel become one digest. An entry is acknowledged and deleted once every
+action planned from it is final.
 
 A probe watches Slack: after transient failures it calls `auth.test` every second, and when
 Slack answers again every back-off is lifted at once; while all delivery is paused (a token or
@@ -27,7 +30,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,14 +40,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.alerts.decide import Policy
 from bot.alerts.deliver import ChannelDelivery, Later, Progress, Timing
 from bot.alerts.failure import FailureKind
-from bot.alerts.plan import plan_entry
+from bot.alerts.plan import plan_entry, plan_notice
 from bot.alerts.render import AlertMessage, render_minimal
-from bot.alerts.route import Router, distinct
+from bot.alerts.route import Router, RouteSource, distinct
 from bot.alerts.send import SlackSender
 from bot.app.metrics import Metrics
 from bot.backoff import backoff
 from bot.domain.delivery import Action, ActionKind, Message, Plan
 from bot.domain.events import JobEvent
+from bot.domain.notices import MuteSummary
 from storage.connection import Redis
 from storage.consumer import OutboxConsumer, OutboxEntry, stream_order
 from storage.dead_letters import DeadLetters, Letter
@@ -106,7 +110,7 @@ class Batch:
 @dataclass
 class _Entry:
     entry: OutboxEntry
-    event: JobEvent | None
+    event: JobEvent | MuteSummary | None
     plan: Plan | None
     open: set[str]
 
@@ -118,15 +122,18 @@ class Notifier:
         redis: Redis,
         keys: Keys,
         slack: AsyncWebClient,
-        router: Router,
+        routes: RouteSource,
         identity: Identity,
         metrics: Metrics,
         config: NotifierConfig | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        sweeps: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.config = config or NotifierConfig()
         self.identity = identity
-        self._router = router
+        self._routes = routes
+        self._sweeps = list(sweeps)  # run about once a second while delivering (mute expiry)
+        self._last_sweep = -math.inf
         self._metrics = metrics
         self._clock = clock
         self.consumer = OutboxConsumer(redis, keys, consumer=identity.replica)
@@ -305,49 +312,57 @@ class Notifier:
 
     async def _admit(self, entries: list[OutboxEntry], batch: Batch) -> None:
         stored = await self.plans.load(e.id for e in entries)
+        router: Router | None = None  # this pass's routing, loaded when first needed
         for entry in sorted(entries, key=lambda e: stream_order(e.id)):
-            if not entry.fields:  # deleted while pending: nothing left to deliver
-                self._entries[entry.id] = _Entry(entry, None, None, set())
-                continue
             try:
-                event = entry.event()
-                if entry.event_id != event.event_id:
-                    raise ValueError(f"its event_id field is {entry.event_id!r}, not the event's")
+                payload = _payload(entry)
             except (KeyError, ValueError) as exc:
                 log.error("outbox entry %s is malformed (%s): dead-lettered", entry.id, exc)
                 await self._dead_letter_entry(entry, "malformed", str(exc))
                 self._entries[entry.id] = _Entry(entry, None, None, set())
                 continue
+            if payload is None:  # deleted while pending: nothing left to deliver
+                self._entries[entry.id] = _Entry(entry, None, None, set())
+                continue
             plan = stored.get(entry.id)
-            if plan is None:
+            for _ in range(2):  # a mute that ended meanwhile: route once more
+                if plan is not None:
+                    break
+                if router is None and isinstance(payload, JobEvent):
+                    router = await self._routes()
                 try:
-                    plan = await self.plans.save(self._plan(entry, event))
+                    plan = await self.plans.save(self._plan(entry, payload, router))
                 except _NotRoutable as exc:
                     log.exception("routing %r failed; left pending", exc.event_id)
-                    continue
-                batch.planned += 1
+                    break
+                if plan is None:
+                    router = None
+                else:
+                    batch.planned += 1
+            if plan is None:
+                continue  # left pending: the next look at pending entries tries again
             if not plan.actions:
-                await self._dead_letter_entry(entry, "no_route", "")
-                log.warning(
-                    "an alert had no channel to go to (is ALERT_CHANNEL set?): dead-lettered "
-                    "with reason no_route event=%r",
-                    event.event_id,
-                )
-            self._entries[entry.id] = _Entry(entry, event, plan, {a.id for a in plan.actions})
+                self._metrics.events_unrouted.inc()  # nobody subscribed (or all muted)
+            self._entries[entry.id] = _Entry(entry, payload, plan, {a.id for a in plan.actions})
             for index, action in enumerate(plan.actions):
                 self._enqueue(entry.id, index, action)
 
-    def _plan(self, entry: OutboxEntry, event: JobEvent) -> Plan:
+    def _plan(
+        self, entry: OutboxEntry, payload: JobEvent | MuteSummary, router: Router | None
+    ) -> Plan:
+        if isinstance(payload, MuteSummary):
+            return plan_notice(entry.id, payload)
+        assert router is not None
         try:
-            routes = distinct(self._router(event))
+            routes = distinct(router(payload))
         except Exception as exc:
-            raise _NotRoutable(event.event_id) from exc
+            raise _NotRoutable(payload.event_id) from exc
         now = self._clock()
         try:
-            return plan_entry(entry.id, event, routes, now=now)
+            return plan_entry(entry.id, payload, routes, now=now)
         except Exception:  # a rendering bug must not hold the channel's queue forever
-            log.exception("rendering %r failed; it goes out as minimal text", event.event_id)
-            return plan_entry(entry.id, event, routes, now=now, render=_minimal)
+            log.exception("rendering %r failed; it goes out as minimal text", payload.event_id)
+            return plan_entry(entry.id, payload, routes, now=now, render=_minimal)
 
     def _enqueue(self, entry_id: str, index: int, action: Action) -> None:
         """Insert in stream order (an adopted older entry goes before newer ones)."""
@@ -359,17 +374,19 @@ class Notifier:
         order.insert(at, key)
         queue.insert(at, action)
 
-    def _event_of(self, action: Action) -> tuple[str, JobEvent]:
+    def _event_of(self, action: Action) -> tuple[str, JobEvent | MuteSummary]:
         entry_id = self._action_entry[action.id]
         event = self._entries[entry_id].event
         assert event is not None
         return entry_id, event
 
     async def _dead_letter_entry(self, entry: OutboxEntry, reason: str, detail: str) -> None:
+        field = "notice" if "notice" in entry.fields else "event"
         letter = Letter(
             entry_id=entry.id,
             event_id=entry.event_id or "",
-            event=entry.fields.get("event", ""),
+            event=entry.fields.get(field, ""),
+            payload=field,
             channel="",
             action_id="",
             reason=reason,
@@ -530,6 +547,10 @@ class Notifier:
 
     async def _housekeeping(self) -> None:
         await self._refresh_backlog()
+        if self._sweeps and time.monotonic() - self._last_sweep >= 1.0:
+            self._last_sweep = time.monotonic()
+            for sweep in self._sweeps:
+                await sweep()
         if time.monotonic() - self._last_prune < self.config.prune_every:
             return
         self._last_prune = time.monotonic()
@@ -546,6 +567,21 @@ class Notifier:
             log.info(
                 "notifier pruned records=%d consumers=%d replicas=%d", records, consumers, replicas
             )
+
+
+def _payload(entry: OutboxEntry) -> JobEvent | MuteSummary | None:
+    """What the entry carries (None: deleted while pending); raises KeyError or ValueError
+    when it is malformed, or when its `event_id` field is not its payload's."""
+    if not entry.fields:
+        return None
+    payload: JobEvent | MuteSummary
+    if "notice" in entry.fields:
+        payload = MuteSummary.model_validate_json(entry.fields["notice"])
+    else:
+        payload = entry.event()
+    if entry.event_id != payload.event_id:
+        raise ValueError(f"its event_id field is {entry.event_id!r}, not its payload's")
+    return payload
 
 
 class _NotRoutable(Exception):

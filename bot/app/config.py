@@ -38,8 +38,11 @@ from bot.domain.states import (
     DEFAULT_FAILURE_STATES,
     DEFAULT_SUCCESS_STATES,
 )
+from bot.domain.subscriptions import ALL, EventSet, Mention, MentionKind, Subscription, Target
 
 StateSet = Annotated[frozenset[str], NoDecode]
+UserIds = Annotated[frozenset[str], NoDecode]
+USER_PATTERN = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 # A user (U…/W…), a user group (S…), or `here` / `channel`.
 ONCALL_PATTERN = r"^([UWS][A-Z0-9]{2,20}|here|channel)$"
 HOSTNAME = re.compile(
@@ -170,6 +173,8 @@ class Settings(TimbalSettings, StoreSettings):
 
     # Alerts
     alert_channel: str | None = None
+    alert_events: EventSet = EventSet.FINISHED
+    subscription_admins: UserIds | None = None  # unset: everyone may change subscriptions
     poll_interval_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
     backfill_seconds: float = Field(default=0.0, ge=0.0)
     vanish_grace_seconds: float = Field(default=3600.0, ge=0.0)
@@ -177,6 +182,17 @@ class Settings(TimbalSettings, StoreSettings):
     oncall_mention: str | None = Field(default=None, pattern=ONCALL_PATTERN)
     digest_threshold: int = Field(default=5, ge=1, le=1000)
     channel_min_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
+
+    @field_validator("subscription_admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            ids = frozenset(s.strip() for s in value.split(",") if s.strip())
+            bad = sorted(i for i in ids if not USER_PATTERN.fullmatch(i))
+            if bad:
+                raise ValueError(f"not Slack user ids: {', '.join(bad)}")
+            return ids
+        return value
 
     @field_validator("host")
     @classmethod
@@ -209,16 +225,34 @@ class Settings(TimbalSettings, StoreSettings):
         )
 
     @property
-    def oncall_markup(self) -> str | None:
-        """ONCALL_MENTION as Slack mention markup, for failure alerts."""
+    def oncall(self) -> Mention | None:
+        """ONCALL_MENTION as a mention (rendered on failure alerts only)."""
         mention = self.oncall_mention
         if mention is None:
             return None
         if mention in ("here", "channel"):
-            return f"<!{mention}>"
-        if mention.startswith("S"):
-            return f"<!subteam^{mention}>"
-        return f"<@{mention}>"
+            return Mention(kind=MentionKind(mention))
+        kind = MentionKind.GROUP if mention.startswith("S") else MentionKind.USER
+        return Mention(kind=kind, id=mention)
+
+    @property
+    def oncall_markup(self) -> str | None:
+        """ONCALL_MENTION as Slack mention markup, for failure alerts."""
+        return None if self.oncall is None else self.oncall.markup
+
+    @property
+    def builtin_subscription(self) -> Subscription | None:
+        """ALERT_CHANNEL: a subscription of that channel to every connector, with ALERT_EVENTS
+        and ONCALL_MENTION; configured, not set from Slack."""
+        if self.alert_channel is None:
+            return None
+        return Subscription(
+            channel=self.alert_channel,
+            target=Target(value=ALL),
+            events=self.alert_events,
+            mention=self.oncall,
+            builtin=True,
+        )
 
     @property
     def secrets(self) -> list[str]:

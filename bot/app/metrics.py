@@ -33,6 +33,11 @@ class Metrics:
         self.slack_ratelimited = Counter(
             "tjb_slack_ratelimited", "Slack answers of 429 (rate limited).", registry=r
         )
+        self.events_unrouted = Counter(
+            "tjb_events_unrouted",
+            "Events no channel wanted (no subscription matched, or every match was muted).",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "tjb_outbox_backlog", "Outbox entries not yet acknowledged.", registry=r
         )

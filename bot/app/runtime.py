@@ -33,7 +33,7 @@ from bot.alerts.deliver import Timing
 from bot.alerts.failure import TOKEN_ERRORS
 from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.poller import Poller
-from bot.alerts.route import single_channel_router
+from bot.alerts.routing import SubscriptionRoutes
 from bot.alerts.slack_errors import error_code
 from bot.app.config import Settings, SlackMode, StoreSettings, TimbalSettings
 from bot.app.health import Health
@@ -49,6 +49,7 @@ from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
 from storage.keys import Keys
 from storage.replicas import Identity, ReplicaIdInUse, Replicas
+from storage.subscriptions import SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,13 @@ class Runtime:
         self.timbal = build_timbal(settings)
         self.slack = build_slack(settings)
         self.classifier = classifier_from(settings)
+        self.subscriptions = SubscriptionStore(self.redis, self.keys)
         self.services = Services(
-            settings=settings, timbal=self.timbal, classifier=self.classifier, metrics=self.metrics
+            settings=settings,
+            timbal=self.timbal,
+            classifier=self.classifier,
+            metrics=self.metrics,
+            subscriptions=self.subscriptions,
         )
         self.app = self._build_app() if commands else None
         self.poller = (
@@ -274,7 +280,10 @@ class Runtime:
     def _build_notifier(self) -> Notifier:
         settings = self.settings
         if settings.alert_channel is None:
-            log.warning("ALERT_CHANNEL is not set: alerts are found but have nowhere to go")
+            log.info(
+                "ALERT_CHANNEL is not set: alerts go only to channels that subscribed "
+                "(/jobs subscribe)"
+            )
         config = NotifierConfig(
             digest_threshold=settings.digest_threshold,
             timing=Timing(
@@ -283,15 +292,19 @@ class Runtime:
             ),
             policy=Policy(max_strikes=settings.delivery_max_attempts),
         )
+        routes = SubscriptionRoutes(
+            self.subscriptions, builtin=settings.builtin_subscription, clock=self.clock
+        )
         return Notifier(
             redis=self.redis,
             keys=self.keys,
             slack=self.slack,
-            router=single_channel_router(settings.alert_channel, settings.oncall_markup),
+            routes=routes,
             identity=self.identity,
             metrics=self.metrics,
             config=config,
             clock=self.clock,
+            sweeps=[routes.end_expired],
         )
 
     async def _refresh_backlog(self) -> None:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from bot.app.config import Settings, TimbalSettings
 from bot.app.metrics import Metrics
 from bot.domain.states import StateClassifier
+from bot.domain.subscriptions import Subscription
 from bot.timbal import JobsSource
+from storage.subscriptions import SubscriptionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,12 @@ class Services:
     timbal: JobsSource
     classifier: StateClassifier
     metrics: Metrics
+    subscriptions: SubscriptionStore
+
+    @property
+    def builtin(self) -> Subscription | None:
+        """ALERT_CHANNEL's subscription, which is configured rather than set from Slack."""
+        return self.settings.builtin_subscription
 
 
 def classifier_from(settings: TimbalSettings) -> StateClassifier:

@@ -17,12 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Route(BaseModel):
-    """One channel an event goes to, with the mention (Slack markup) its alert carries."""
+    """One channel an event goes to, with the mention (Slack markup) its alert carries.
+
+    `muted` is the target of the channel's mute that holds the event back ("" when it is not
+    muted): nothing is posted, and the event is counted for the mute's summary instead.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     channel: str
     mention: str | None = None
+    muted: str = ""
 
 
 class ActionKind(StrEnum):
@@ -62,14 +67,27 @@ class Action(BaseModel):
     mention: str | None = None  # the route's mention (already in `message` where it belongs)
 
 
+class HeldBack(BaseModel):
+    """An event a channel's mute kept out of it, counted for the mute's summary."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    target: str  # the mute's target
+    tally: str  # "failures", "successes" or "others"
+    last_failure: str = ""  # for a failure: a one-line description (JSON-safe text)
+
+
 class Plan(BaseModel):
-    """Everything one outbox entry asks for, in the order it must happen per channel."""
+    """Everything one outbox entry asks for, in the order it must happen per channel, and
+    what muted channels held back of it (counted once, when the plan is stored)."""
 
     model_config = ConfigDict(frozen=True)
 
     entry_id: str
     event_id: str
     actions: list[Action]
+    held_back: list[HeldBack] = Field(default_factory=list)
 
 
 def action_id(event_id: str, channel: str, slot: str) -> str:

@@ -42,7 +42,16 @@ USAGE = f"""\
 `failed`, `active`, `succeeded`, `cancelled`, `other`.
 `limit` is {MIN_LIMIT}–{MAX_LIMIT} (default {DEFAULT_LIMIT}). A connector id is up to \
 {MAX_CONNECTOR_LENGTH} letters, digits and `- _ . : / @`; write `connector=help` for a \
-connector named `help`."""
+connector named `help`.
+*Where alerts go* (in the channel they are for; `/jobs <subcommand> help` says more)
+• `/jobs subscribe pg-* failures mention=@data-oncall` — this channel gets the failures of \
+every `pg-…` connector and pings @data-oncall (`finished` or `all` for more; `all` as the \
+target for every connector)
+• `/jobs unsubscribe pg-*` — stop that
+• `/jobs subscriptions` — what this channel gets (`/jobs subscriptions all`: every channel)
+• `/jobs mute stripe 2h` — hold this channel's alerts of `stripe` back for 2 hours; a \
+summary follows
+• `/jobs unmute stripe` — end the mute now"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,9 @@ EMOJI = {
     "eyes": "👀",
     "repeat": "🔁",
     "checkered_flag": "🏁",
+    "bell": "🔔",
+    "mute": "🔇",
+    "lock": "🔒",
 }
 
 # Slack's `<…>` tokens: dates, special mentions, users, channels, links (label after `|`).

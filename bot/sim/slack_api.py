@@ -3,8 +3,9 @@
 It answers `auth.test`, `chat.postMessage` (threads included), `chat.update` (in place;
 `message_not_found` for a deleted message), `chat.postEphemeral`, `conversations.history` and
 `conversations.replies` (paged, with the 2025 limits of non-Marketplace apps when
-`history_tier=LIMITED`; see `bot.sim.slack_history`) and response URLs (`/response/{id}`). It
-records every call, checks the bot token, rejects blocks over Block Kit's limits with
+`history_tier=LIMITED`; see `bot.sim.slack_history`), `conversations.info` (membership,
+archived, private; see `channel_info`) and response URLs (`/response/{id}`). It records
+every call, checks the bot token, rejects blocks over Block Kit's limits with
 `invalid_blocks` and text over 40,000 characters with `msg_too_long`, and can be told to fail
 (429 with `Retry-After`, 5xx, `ok: false` with an error), for all calls or for one channel, or
 to accept a message and answer late (`hold`). With a Socket Mode fake attached
@@ -133,6 +134,9 @@ class FakeSlack:
     team: str = "Timbal Test"
     team_id: str = "T0TEST"
     known_channels: set[str] | None = None  # None: every channel exists
+    # conversations.info of a channel, over the default (a public channel the bot is in),
+    # e.g. {"C1": {"is_member": False}} or {"C2": {"is_archived": True}}
+    channel_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     min_channel_interval: float | None = None  # answer 429 when posted faster than this
     on_post: Callable[[Call], None] | None = None  # e.g. the demo's pretty printer
     calls: list[Call] = field(default_factory=list)
@@ -314,6 +318,8 @@ class FakeSlack:
             return self._update(body, call)
         if method in ("conversations.history", "conversations.replies"):
             return self._history(method, body)
+        if method == "conversations.info":
+            return self._info(body)
         return web.json_response({"ok": False, "error": "unknown_method"})
 
     def _refused(self, channel: str | None, body: dict[str, Any]) -> web.Response | None:
@@ -390,6 +396,26 @@ class FakeSlack:
         return web.json_response(
             {"ok": True, "channel": channel, "ts": ts, "text": message["text"]}
         )
+
+    def _info(self, body: dict[str, Any]) -> web.Response:
+        channel = str(body.get("channel") or "")
+        info = self.channel_info.get(channel, {})
+        private = channel.startswith("G") or bool(info.get("is_private"))
+        member = bool(info.get("is_member", True))
+        known = self.known_channels is None or channel in self.known_channels
+        if not channel or not known or (private and not member):
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        found = {
+            "id": channel,
+            "name": channel.lower(),
+            "is_channel": not channel.startswith("D"),
+            "is_private": private,
+            "is_im": channel.startswith("D"),
+            "is_mpim": False,
+            "is_archived": False,
+            "is_member": member,
+        } | info
+        return web.json_response({"ok": True, "channel": found})
 
     def _history(self, method: str, body: dict[str, Any]) -> web.Response:
         if self._limiter is None or self._limiter.tier != self.history_tier:

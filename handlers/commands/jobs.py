@@ -1,4 +1,5 @@
-"""`/jobs [connector] [state=<state>] [limit=<n>]`: the org's recent connector jobs, ephemeral.
+"""`/jobs [connector] [state=<state>] [limit=<n>]`: the org's recent connector jobs, ephemeral;
+`/jobs subscribe|unsubscribe|subscriptions|mute|unmute …` (`handlers.commands.subscriptions`).
 
 The listener acks with an empty body first (Slack wants an answer within 3 seconds and the
 Timbal call may take longer), then parses, lists, renders and answers through `respond()`.
@@ -28,8 +29,10 @@ from bot.jobs.listing import (
     render_usage,
 )
 from bot.jobs.query import HelpRequest, QueryError, parse_jobs_command
+from bot.jobs.subcommands import parse as parse_subcommand
 from bot.redaction import Redactor, excerpt
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from handlers.commands.subscriptions import answer_subcommand
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def describe_failure(error: TimbalError, org_id: str) -> tuple[str, str]:
 
 
 async def answer(text: str, services: Services, now: datetime) -> tuple[str, RenderedMessage]:
-    """(metrics outcome, reply) for the command text: the I/O shell around the pure parts."""
+    """(metrics outcome, reply) for a listing query: the I/O shell around the pure parts."""
     parsed = parse_jobs_command(text)
     if isinstance(parsed, HelpRequest):
         return "usage", render_usage()
@@ -135,7 +138,13 @@ async def handle_jobs_command(
     redact = Redactor(services.settings.secrets)
     outcome = "error"  # what an exception leaves behind; the app's error handler replies
     try:
-        result, message = await answer(text, services, clock())
+        subcommand = parse_subcommand(text)
+        if subcommand is not None:
+            result, message = await answer_subcommand(
+                subcommand, command, services, context.client, clock()
+            )
+        else:
+            result, message = await answer(text, services, clock())
         await reply(respond, message, redact)
         outcome = result
     finally:
