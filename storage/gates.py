@@ -52,13 +52,14 @@ for i, key in ipairs(KEYS) do out[i] = redis.call('GET', key) or '' end
 return out
 """
 
-# KEYS: slack pause; ARGV: reason, hint -> sets it if absent, keeping the first `since`
+# KEYS: slack pause; ARGV: reason, hint, needed scopes -> sets it, keeping the first `since`
 PAUSE_WORKSPACE = script("""
 local now = now_ms()
 local current = decode(redis.call('GET', KEYS[1]))
 local since = now
 if current and current.reason == ARGV[1] then since = num(current.since, now) end
-redis.call('SET', KEYS[1], cjson.encode({reason = ARGV[1], hint = ARGV[2], since = since}))
+redis.call('SET', KEYS[1], cjson.encode({reason = ARGV[1], hint = ARGV[2], since = since,
+                                         needed = ARGV[3]}))
 return since
 """)
 
@@ -68,6 +69,7 @@ class WorkspacePause:
     reason: str  # Slack's error code (`token_revoked`, `missing_scope`, …)
     hint: str  # what the operator should do
     since: int  # Redis ms
+    needed: str = ""  # missing_scope: the scope(s) Slack said the call needs (comma-separated)
 
 
 def parse_workspace_pause(raw: str | None) -> WorkspacePause | None:
@@ -79,6 +81,7 @@ def parse_workspace_pause(raw: str | None) -> WorkspacePause | None:
             reason=str(value.get("reason") or "unknown"),
             hint=str(value.get("hint") or ""),
             since=int(value.get("since") or 0),
+            needed=str(value.get("needed") or ""),
         )
     except (ValueError, AttributeError, TypeError):
         return WorkspacePause(reason="unknown", hint="", since=0)
@@ -118,9 +121,11 @@ class SlackGates:
         values = await self._values(keys=keys, args=[])
         return [ch for ch, value in zip(wanted, values, strict=True) if value == BACKOFF]
 
-    async def pause_workspace(self, reason: str, hint: str) -> int:
+    async def pause_workspace(self, reason: str, hint: str, needed: str = "") -> int:
         """Pause all delivery; returns since when (Redis ms) it has been paused for `reason`."""
-        return int(await self._pause_workspace(keys=[self._keys.slack_pause], args=[reason, hint]))
+        return int(
+            await self._pause_workspace(keys=[self._keys.slack_pause], args=[reason, hint, needed])
+        )
 
     async def resume_workspace(self) -> bool:
         return bool(await self._redis.delete(self._keys.slack_pause))

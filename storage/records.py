@@ -4,18 +4,26 @@ One HASH (`Keys.actions`) maps each action id to its `ActionRecord` JSON. Every 
 script that reads Redis `TIME`, so no replica's clock matters:
 
 - `claim()` takes actions for this process: records the holder, a fresh fencing token
-  (`INCR Keys.fence`) and a lease, counts a strike, and carries any doubt forward (a previous
-  attempt that was `sending` when it stopped may have posted). An action held by another
+  (`INCR Keys.fence`) and a lease, and carries any doubt forward (a previous attempt that was
+  `sending` when it stopped may have posted). An action held by another
   live holder within its lease is reported `held`; a holder whose heartbeat lapsed holds
   nothing. A final record is reported `done`. The same reply carries the channel's gates
   (pause, pace) and the workspace pause, so one round trip gives `decide()` all its facts.
 - `begin()` is the check just before the Slack call: the token is still ours, our heartbeat
   is alive, enough lease is left for the call, and the channel's pace gate is free (it is set
-  here, atomically). It marks the actions `sending`.
-- `finish()` records the outcome (sent with its ts, dead, skipped), only with a valid token.
+  here, atomically). It marks the actions `sending` and counts a *strike*: a call that never
+  finishes (the process died in it) keeps its strike, so an action that kills the process
+  again and again is quarantined; waiting or searching is never counted.
+- `finish()` records the outcome (sent with its ts, dead, skipped), only with a valid token
+  of an action still in flight (an outcome is recorded once).
+  With `home`, an update's or a repost's ts also becomes where the target action's message
+  lives (an incident card moved to a new message), in the same step.
 - `release()` gives a claim back without a final outcome: `unused` (nothing was sent),
-  `not_posted` (Slack refused: 429, a scoped error), `maybe_posted` (timeout or 5xx: the next
-  attempt searches first) refund the strike; `bug` keeps it.
+  `not_posted` (Slack refused: 429, a scoped error), `maybe_posted` (a 5xx: the next attempt
+  searches first) and `interrupted` (a timeout or a stand-down cut the call off: the next
+  attempt also waits until it could no longer reach Slack) refund the strike of the call,
+  unless `keep_strike` (Slack failed this message while it answered everything else); `bug`
+  keeps it, and counts one when the bug came before the call.
 - `renew()` extends the lease of held actions (a history search waiting out a 429).
 Records outlive their entry (a dead-letter replay finds them) and are pruned by age.
 """
@@ -63,13 +71,19 @@ for i = 4, #ARGV do
     local prev = rec or {}
     local doubt = prev.doubt == true or prev.sending == true
     local since = 0
-    if prev.doubt == true then since = num(prev.doubt_since, 0)
-    elseif prev.sending == true then since = num(prev.attempt_at, now) end
+    local interrupted = false  -- the doubtful call was cut off: it may still reach Slack
+    if prev.doubt == true then
+      since = num(prev.doubt_since, 0)
+      interrupted = prev.interrupted == true
+    elseif prev.sending == true then
+      since = num(prev.attempt_at, now)
+      interrupted = true
+    end
     local new = {state = 'in_flight', holder = ARGV[1], nonce = ARGV[2],
                  token = redis.call('INCR', KEYS[3]), lease_until = now + lease,
-                 first_at = num(prev.first_at, now), attempt_at = now,
-                 strikes = num(prev.strikes, 0) + 1, sending = false,
-                 doubt = doubt, doubt_since = since, done_at = 0}
+                 first_at = num(prev.first_at, now), attempt_at = num(prev.attempt_at, now),
+                 strikes = num(prev.strikes, 0), sending = false,
+                 doubt = doubt, doubt_since = since, interrupted = interrupted, done_at = 0}
     raw = cjson.encode(new)
     redis.call('HSET', KEYS[1], id, raw)
     status = 'claimed'
@@ -102,9 +116,11 @@ if pace_ms >= 0 then
 end
 for _, pair in ipairs(recs) do
   local rec = pair[2]
+  rec.strikes = num(rec.strikes, 0) + 1
   rec.sending = true
   rec.doubt = false
   rec.doubt_since = 0
+  rec.interrupted = false
   rec.attempt_at = now
   redis.call('HSET', KEYS[1], pair[1], cjson.encode(rec))
 end
@@ -112,13 +128,16 @@ if pace_ms > 0 then redis.call('SET', KEYS[3], '1', 'PX', pace_ms) end
 return {'ok', now}
 """)
 
-# KEYS: actions; ARGV: state, ts, reason, then (action id, token) pairs
+# KEYS: actions; ARGV: state, ts, reason, home (an action id, or ''), then (action id, token)
+# pairs. With a home and a ts, once any pair is recorded, the home action's record says its
+# message is at ts (sent, reason 'moved' when that changed it) and is kept fresh for pruning.
 FINISH = script("""
 local now = now_ms()
 local lost = {}
-for i = 4, #ARGV, 2 do
+local recorded = 0
+for i = 5, #ARGV, 2 do
   local rec = decode(redis.call('HGET', KEYS[1], ARGV[i]))
-  if rec and num(rec.token, -1) == tonumber(ARGV[i + 1]) then
+  if rec and num(rec.token, -1) == tonumber(ARGV[i + 1]) and rec.state == 'in_flight' then
     rec.state = ARGV[1]
     if ARGV[2] ~= '' then rec.ts = ARGV[2] end
     if ARGV[3] ~= '' then rec.reason = ARGV[3] end
@@ -128,25 +147,48 @@ for i = 4, #ARGV, 2 do
     rec.nonce = nil
     rec.lease_until = 0
     redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(rec))
+    recorded = recorded + 1
   else
     lost[#lost + 1] = ARGV[i]
   end
 end
+if recorded > 0 and ARGV[4] ~= '' and ARGV[2] ~= '' then
+  local home = decode(redis.call('HGET', KEYS[1], ARGV[4]))
+  if not home then home = {first_at = now, strikes = 0} end
+  if home.ts ~= ARGV[2] or home.state ~= 'sent' then
+    home.ts = ARGV[2]
+    home.reason = 'moved'
+  end
+  home.state = 'sent'
+  home.done_at = now
+  home.sending = false
+  home.doubt = false
+  home.holder = nil
+  home.nonce = nil
+  home.lease_until = 0
+  redis.call('HSET', KEYS[1], ARGV[4], cjson.encode(home))
+end
 return lost
 """)
 
-# KEYS: actions; ARGV: mode, then (action id, token) pairs
+# KEYS: actions; ARGV: mode, keep strike ('1' or '0'), then (action id, token) pairs
 RELEASE = script("""
 local lost = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local rec = decode(redis.call('HGET', KEYS[1], ARGV[i]))
   if rec and num(rec.token, -1) == tonumber(ARGV[i + 1]) and rec.state == 'in_flight' then
     local mode = ARGV[1]
-    if mode == 'maybe_posted' or (mode == 'bug' and rec.sending == true) then
+    if mode == 'maybe_posted' or mode == 'interrupted'
+        or (mode == 'bug' and rec.sending == true) then
       if rec.doubt ~= true then rec.doubt_since = num(rec.attempt_at, 0) end
       rec.doubt = true
+      if mode == 'interrupted' and rec.sending == true then rec.interrupted = true end
     end
-    if mode ~= 'bug' then rec.strikes = math.max(num(rec.strikes, 1) - 1, 0) end
+    if mode == 'bug' and rec.sending ~= true then
+      rec.strikes = num(rec.strikes, 0) + 1  -- a bug before the call: counted here
+    elseif mode ~= 'bug' and rec.sending == true and ARGV[2] ~= '1' then
+      rec.strikes = math.max(num(rec.strikes, 1) - 1, 0)  -- the call's strike, refunded
+    end
     rec.sending = false
     rec.holder = nil
     rec.nonce = nil
@@ -164,7 +206,9 @@ RENEW = script("""
 local now = now_ms()
 for i = 2, #ARGV, 2 do
   local rec = decode(redis.call('HGET', KEYS[1], ARGV[i]))
-  if not rec or num(rec.token, -1) ~= tonumber(ARGV[i + 1]) then return 0 end
+  if not rec or num(rec.token, -1) ~= tonumber(ARGV[i + 1]) or rec.state ~= 'in_flight' then
+    return 0
+  end
   rec.lease_until = now + tonumber(ARGV[1])
   redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(rec))
 end
@@ -185,7 +229,8 @@ class ClaimStatus(StrEnum):
 class Release(StrEnum):
     UNUSED = "unused"
     NOT_POSTED = "not_posted"
-    MAYBE_POSTED = "maybe_posted"
+    MAYBE_POSTED = "maybe_posted"  # Slack answered a failure that may follow a post (a 5xx)
+    INTERRUPTED = "interrupted"  # cut off (a timeout, a stand-down): it may still reach Slack
     BUG = "bug"
 
 
@@ -306,16 +351,21 @@ class ActionRecords:
         *,
         ts: str = "",
         reason: str = "",
+        home: str = "",
     ) -> list[str]:
-        """Record a final state; returns the actions whose claim was lost meanwhile."""
+        """Record a final state; returns the actions whose claim was lost meanwhile. `home`:
+        the action whose message now lives at `ts` (see the module docstring)."""
         lost: list[Any] = await self._finish(
-            keys=[self._keys.actions], args=[state.value, ts, reason, *_pairs(tokens)]
+            keys=[self._keys.actions], args=[state.value, ts, reason, home, *_pairs(tokens)]
         )
         return [str(a) for a in lost]
 
-    async def release(self, tokens: Sequence[tuple[str, int]], mode: Release) -> list[str]:
+    async def release(
+        self, tokens: Sequence[tuple[str, int]], mode: Release, *, keep_strike: bool = False
+    ) -> list[str]:
         lost: list[Any] = await self._release(
-            keys=[self._keys.actions], args=[mode.value, *_pairs(tokens)]
+            keys=[self._keys.actions],
+            args=[mode.value, "1" if keep_strike else "0", *_pairs(tokens)],
         )
         return [str(a) for a in lost]
 

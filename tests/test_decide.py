@@ -23,7 +23,9 @@ from bot.alerts.decide import (
 from bot.alerts.failure import FailureKind, Scope, SlackFailure
 
 NOW = 1_800_000_000_000
-POLICY = Policy(max_strikes=5, history_margin_ms=60_000, backoff_base=1.0, backoff_cap=60.0)
+POLICY = Policy(
+    max_strikes=5, history_margin_ms=60_000, settle_ms=10_000, backoff_base=1.0, backoff_cap=60.0
+)
 
 RATE_LIMITED = SlackFailure(FailureKind.RATE_LIMITED, "ratelimited", retry_after=7.0)
 FIVE_XX = SlackFailure(FailureKind.RETRY, "http_503", maybe_sent=True)
@@ -33,6 +35,7 @@ MESSAGE = SlackFailure(FailureKind.PERMANENT, "cant_update_message", scope=Scope
 REVOKED = SlackFailure(FailureKind.PERMANENT, "token_revoked", scope=Scope.WORKSPACE)
 NO_HISTORY = SlackFailure(FailureKind.PERMANENT, "missing_scope", scope=Scope.WORKSPACE)
 NOT_MEMBER = SlackFailure(FailureKind.PERMANENT, "not_in_channel", scope=Scope.CHANNEL)
+GONE = SlackFailure(FailureKind.PERMANENT, "message_not_found", scope=Scope.MESSAGE)
 
 
 def facts(**changes: object) -> Facts:
@@ -43,16 +46,29 @@ CASES: list[tuple[str, Facts, Verdict]] = [
     # --- before a call --------------------------------------------------------------------
     ("fresh: send", facts(), Send()),
     ("final already", facts(done=True), AlreadyDone()),
-    ("final wins over everything", facts(done=True, held_until=NOW + 5, strikes=99), AlreadyDone()),
+    (
+        "final wins over everything",
+        facts(done=True, held_until=NOW + 5, strikes=(("a", 99),)),
+        AlreadyDone(),
+    ),
     (
         "held by another live replica",
         facts(held_until=NOW + 9_000),
         Wait(WaitReason.HELD, NOW + 9_000),
     ),
     ("a lapsed hold is no hold", facts(held_until=NOW), Send()),
-    ("strikes within the limit", facts(strikes=5), Send()),
-    ("too many strikes: quarantine", facts(strikes=6), Quarantine(5)),
-    ("quarantine before a pause", facts(strikes=6, workspace_paused=True), Quarantine(5)),
+    ("strikes within the limit", facts(strikes=(("a", 4),)), Send()),
+    ("at the limit: quarantine", facts(strikes=(("a", 5),)), Quarantine(5, ("a",))),
+    (
+        "only the struck actions of a digest are quarantined",
+        facts(strikes=(("a", 1), ("b", 7), ("c", 5))),
+        Quarantine(7, ("b", "c")),
+    ),
+    (
+        "quarantine before a pause",
+        facts(strikes=(("a", 6),), workspace_paused=True),
+        Quarantine(6, ("a",)),
+    ),
     ("workspace paused", facts(workspace_paused=True), Wait(WaitReason.WORKSPACE, None)),
     (
         "workspace before channel pause",
@@ -70,6 +86,11 @@ CASES: list[tuple[str, Facts, Verdict]] = [
     ("reply to a sent parent", facts(parent=Parent.SENT), Send()),
     ("reply whose parent never went out", facts(parent=Parent.GONE), Skip("parent_not_posted")),
     (
+        "a card update whose card is gone: post it anew",
+        facts(parent=Parent.GONE, fallback=True),
+        Send(repost=True),
+    ),
+    (
         "reply whose parent is not final",
         facts(parent=Parent.PENDING),
         Wait(WaitReason.PARENT, NOW + 1_000),
@@ -78,6 +99,26 @@ CASES: list[tuple[str, Facts, Verdict]] = [
         "an earlier attempt may have posted",
         facts(doubt_since=NOW - 5_000),
         SearchFirst(NOW - 65_000),
+    ),
+    (
+        "a call cut off 5 s ago may still reach Slack: wait before looking",
+        facts(doubt_since=NOW - 5_000, interrupted=True),
+        Wait(WaitReason.SETTLE, NOW + 5_000),
+    ),
+    (
+        "a call cut off a Slack timeout ago: look now",
+        facts(doubt_since=NOW - 10_000, interrupted=True),
+        SearchFirst(NOW - 70_000),
+    ),
+    (
+        "an update in doubt is made again (twice is harmless)",
+        facts(doubt_since=NOW - 5_000, parent=Parent.SENT, idempotent=True),
+        Send(),
+    ),
+    (
+        "a card update in doubt may have reposted the card: look first",
+        facts(doubt_since=NOW - 20_000, parent=Parent.SENT, fallback=True),
+        SearchFirst(NOW - 80_000),
     ),
     (
         "pace before search",
@@ -118,6 +159,17 @@ CASES: list[tuple[str, Facts, Verdict]] = [
     ),
     ("channel_not_found: dead-letter", facts(failure=CHANNEL), DeadLetter("channel_not_found")),
     ("a message refused: dead-letter", facts(failure=MESSAGE), DeadLetter("cant_update_message")),
+    ("card deleted in Slack: post it anew", facts(failure=GONE, fallback=True), Send(repost=True)),
+    (
+        "message gone, no fallback: dead-letter",
+        facts(failure=GONE),
+        DeadLetter("message_not_found"),
+    ),
+    (
+        "the new post fails too: dead-letter, never a loop",
+        facts(failure=GONE, fallback=True, reposting=True),
+        DeadLetter("message_not_found"),
+    ),
     (
         "token revoked: pause all, never dead-letter",
         facts(failure=REVOKED),

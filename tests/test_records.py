@@ -133,13 +133,27 @@ async def test_a_killed_attempt_leaves_doubt_and_a_strike(backend: Backend) -> N
     a = identity("a")
     ra = await records_for(backend.client(), a)
     first = await ra.claim(CH, ["x"], lease_ms=LEASE)
-    assert first.claims["x"].record.strikes == 1 and not first.claims["x"].record.doubt
+    assert first.claims["x"].record.strikes == 0 and not first.claims["x"].record.doubt
     await ra.begin(CH, [("x", first.claims["x"].record.token)], min_left_ms=0, pace_ms=0)
     await die(backend.client(), KEYS, a)  # killed while sending
     b = await records_for(backend.client(), identity("b"))
     again = (await b.claim(CH, ["x"], lease_ms=LEASE)).claims["x"].record
-    assert again.strikes == 2
-    assert again.doubt and again.doubt_since >= first.gates.now
+    assert again.strikes == 1  # the call that never finished
+    assert again.doubt and again.interrupted and again.doubt_since >= first.gates.now
+
+
+async def test_a_process_killed_while_only_waiting_gets_no_strike(backend: Backend) -> None:
+    """A claim that never reached the call (waiting, searching) costs nothing when killed:
+    a pod restarted every 20 s must not quarantine innocent alerts."""
+    a = identity("a")
+    ra = await records_for(backend.client(), a)
+    for n in range(10):
+        await ra.claim(CH, ["x"], lease_ms=LEASE)
+        await die(backend.client(), KEYS, a)
+        a = identity(f"a{n}")
+        ra = await records_for(backend.client(), a)
+    record = (await ra.claim(CH, ["x"], lease_ms=LEASE)).claims["x"].record
+    assert record.strikes == 0 and not record.doubt
 
 
 @pytest.mark.parametrize(
@@ -148,6 +162,7 @@ async def test_a_killed_attempt_leaves_doubt_and_a_strike(backend: Backend) -> N
         (Release.UNUSED, 0, False),
         (Release.NOT_POSTED, 0, False),
         (Release.MAYBE_POSTED, 0, True),
+        (Release.INTERRUPTED, 0, True),
         (Release.BUG, 1, True),  # released while sending: whether it posted is unknown
     ],
 )
@@ -163,6 +178,37 @@ async def test_release_refunds_or_keeps_the_strike(
     assert record.holder is None and record.lease_until == 0 and not record.sending
     assert record.strikes == strikes
     assert record.doubt is (doubt if mode is not Release.UNUSED else False)
+    assert record.interrupted is (mode is Release.INTERRUPTED)
+
+
+async def test_a_bug_before_the_call_counts_a_strike_and_keep_strike_keeps_the_calls(
+    r: Redis,
+) -> None:
+    ra = await records_for(r, identity("a"))
+    claim = await ra.claim(CH, ["x"], lease_ms=LEASE)
+    await ra.release([("x", claim.claims["x"].record.token)], Release.BUG)
+    assert (await ra.read(["x"]))["x"].strikes == 1
+    claim = await ra.claim(CH, ["x"], lease_ms=LEASE)
+    token = [("x", claim.claims["x"].record.token)]
+    await ra.begin(CH, token, min_left_ms=0, pace_ms=0)
+    await ra.release(token, Release.NOT_POSTED, keep_strike=True)  # Slack failed only this one
+    assert (await ra.read(["x"]))["x"].strikes == 2
+
+
+async def test_finish_with_a_home_moves_the_target_to_the_new_message(r: Redis) -> None:
+    """An incident card's update that had to post a new card: the card's record follows."""
+    ra = await records_for(r, identity("a"))
+    claim = await ra.claim(CH, ["card"], lease_ms=LEASE)
+    await ra.finish([("card", claim.claims["card"].record.token)], RecordState.SENT, ts="1.1")
+    claim = await ra.claim(CH, ["update"], lease_ms=LEASE)
+    token = [("update", claim.claims["update"].record.token)]
+    assert await ra.finish(token, RecordState.SENT, ts="2.2", home="card") == []
+    records = await ra.read(["card", "update"])
+    assert records["card"].ts == "2.2" and records["card"].state is RecordState.SENT
+    assert records["card"].reason == "moved" and records["update"].ts == "2.2"
+    # A lost claim moves nothing.
+    assert await ra.finish(token, RecordState.SENT, ts="3.3", home="card") == ["update"]
+    assert (await ra.read(["card"]))["card"].ts == "2.2"
 
 
 async def test_finish_is_final_and_later_claims_say_done(backend: Backend) -> None:

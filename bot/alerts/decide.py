@@ -8,19 +8,27 @@ do, and the shell only does I/O. In the manner of Alertmanager's `needsUpdate`.
 Before a call, in this order:
     AlreadyDone   an action of the unit is final (sent, dead-lettered, skipped)
     Wait(HELD)    another live replica holds a claim on it, until its lease ends
-    Quarantine    it failed in ways that were not Slack's (a bug, a killed process) too often
+    Quarantine    an action of it failed too often in ways that were not the channel's (a bug,
+                  a process killed during the call, Slack failing it while answering others):
+                  those actions only; the rest of the unit goes on
     Wait(WORKSPACE)  all delivery is paused (a token or scope problem), until it is lifted
     DeadLetter    Slack refused everything to this channel moments ago (`channel_not_found`)
     Wait(PAUSED)  the channel is paused (a 429's Retry-After, a back-off)
     Wait(PACED)   the channel got a message less than an interval ago
-    Skip          a reply or an update whose parent message was never posted
+    Skip          a reply or an update whose parent message was never posted (unless it may
+                  fall back to a top-level post: then Send(repost))
+    Wait(SETTLE)  an earlier attempt's call was cut off (a crash, a timeout) less than a Slack
+                  timeout after it began: it may still reach Slack, so wait before looking
     SearchFirst   an earlier attempt may have posted: look for it in the channel first
+                  (an in-place update is made again instead: doing it twice is harmless)
     Send          make the call
 After a failed call (`failure` given):
     Wait(RATE_LIMITED)  pause the channel for Retry-After (Slack did not act)
     Wait(BACKOFF)       pause the channel, exponentially longer each time
     Wait(WORKSPACE)     pause all delivery: the token or its scopes are wrong
     Send(plain_text)    Slack refused the blocks: once more as plain text
+    Send(repost)        the message to update or reply under is gone (deleted in Slack) and
+                        the action may fall back to a new top-level post
     DeadLetter(reason)  refused for good (this message, or everything to this channel)
 After a failed history search: a 429 keeps the claim and the search resumes after
 Retry-After (never "not found"); other failures wait like a failed call; `Send(unverified)`
@@ -44,6 +52,7 @@ class WaitReason(StrEnum):
     RATE_LIMITED = "rate_limited"
     BACKOFF = "backoff"
     PARENT = "parent"  # a reply or update whose parent is not final yet
+    SETTLE = "settle"  # an interrupted call may still reach Slack: look only after it would have
 
 
 class Parent(StrEnum):
@@ -58,10 +67,16 @@ class Stage(StrEnum):
     SEARCH = "search"
 
 
+# Slack errors that say the message to update or reply under is not there (any more).
+GONE_ERRORS = frozenset({"message_not_found", "thread_not_found", "cant_update_message"})
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    max_strikes: int = 5  # attempts that never finished (killed) or hit a bug, per action
+    max_strikes: int = 5  # calls that never finished (killed), bugs, or failures Slack kept
+    # answering while it answered everything else, per action
     history_margin_ms: int = 60_000  # search this much before the first doubtful attempt
+    settle_ms: int = 10_000  # how long a call may take to reach Slack (the Slack timeout)
     backoff_base: float = 1.0  # seconds, doubling after each consecutive failure...
     backoff_cap: float = 60.0  # ...up to this
     parent_wait_ms: int = 1_000
@@ -74,8 +89,9 @@ class Facts:
     now: int
     done: bool = False  # some action of the unit is final already
     held_until: int = 0  # > 0: another live holder's lease ends then
-    strikes: int = 0  # the highest strike count in the unit, this claim included
-    doubt_since: int = 0  # > 0: an attempt since then may have posted unseen
+    strikes: tuple[tuple[str, int], ...] = ()  # (action id, strikes so far) of each claimed
+    doubt_since: int = 0  # > 0: an attempt that began then may have posted unseen
+    interrupted: bool = False  # that attempt's call was cut off: it may still reach Slack
     workspace_paused: bool = False
     pause_left: int = 0
     pace_left: int = 0
@@ -86,6 +102,9 @@ class Facts:
     plain_text_tried: bool = False
     channel_failures: int = 0  # transient failures in a row before this one
     jitter: float = 1.0  # in [0, 1): where in the back-off window this retry lands
+    fallback: bool = False  # the unit may become a top-level post when its parent is gone
+    idempotent: bool = False  # an in-place update: making it twice is harmless
+    reposting: bool = False  # this call was the fallback post already
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,7 @@ class Wait:
 @dataclass(frozen=True, slots=True)
 class Quarantine:
     strikes: int
+    action_ids: tuple[str, ...] = ()  # the actions at the limit (the rest of the unit goes on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +139,7 @@ class SearchFirst:
 class Send:
     plain_text: bool = False
     unverified: bool = False  # the history could not be read: this may post a second time
+    repost: bool = False  # the parent is gone: post top-level instead of replying / updating
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +160,9 @@ def decide(facts: Facts, policy: Policy) -> Verdict:
         return AlreadyDone()
     if facts.held_until > facts.now:
         return Wait(WaitReason.HELD, facts.held_until)
-    if facts.strikes > policy.max_strikes:
-        return Quarantine(facts.strikes - 1)
+    struck = [(a, n) for a, n in facts.strikes if n >= policy.max_strikes]
+    if struck:
+        return Quarantine(max(n for _, n in struck), tuple(a for a, _ in struck))
     if facts.workspace_paused:
         return Wait(WaitReason.WORKSPACE, None)
     if facts.channel_refused:
@@ -149,13 +171,17 @@ def decide(facts: Facts, policy: Policy) -> Verdict:
         return Wait(WaitReason.PAUSED, facts.now + facts.pause_left)
     if facts.pace_left > 0:
         return Wait(WaitReason.PACED, facts.now + facts.pace_left)
-    if facts.parent is Parent.GONE:
+    gone = facts.parent is Parent.GONE
+    if gone and not facts.fallback:
         return Skip("parent_not_posted")
     if facts.parent is Parent.PENDING:
         return Wait(WaitReason.PARENT, facts.now + policy.parent_wait_ms)
-    if facts.doubt_since > 0:
+    if facts.doubt_since > 0 and not (facts.idempotent and not gone):
+        settled = facts.doubt_since + policy.settle_ms
+        if facts.interrupted and facts.now < settled:
+            return Wait(WaitReason.SETTLE, settled)
         return SearchFirst(oldest=facts.doubt_since - policy.history_margin_ms)
-    return Send()
+    return Send(repost=gone)
 
 
 def _backoff_until(facts: Facts, policy: Policy) -> int:
@@ -178,7 +204,11 @@ def _after_send_failure(facts: Facts, failure: SlackFailure, policy: Policy) -> 
     if failure.kind is FailureKind.RETRY:
         return Wait(WaitReason.BACKOFF, _backoff_until(facts, policy))
     if failure.kind is FailureKind.INVALID:
-        return DeadLetter(failure.reason) if facts.plain_text_tried else Send(plain_text=True)
+        if facts.plain_text_tried:
+            return DeadLetter(failure.reason)
+        return Send(plain_text=True, repost=facts.reposting)
+    if failure.reason in GONE_ERRORS and facts.fallback and not facts.reposting:
+        return Send(repost=True)
     if failure.scope is Scope.WORKSPACE:
         return Wait(WaitReason.WORKSPACE, None)
     return DeadLetter(failure.reason)

@@ -7,9 +7,14 @@ search waits out Slack), so it is cancelled before the lease can lapse. Just bef
 call the claim is checked again (`ActionRecords.begin`: same token, our heartbeat alive, lease
 left, pace gate free); the outcome is recorded only with the same token.
 
-The one window that remains: a process that freezes, after that check and before Slack has
+An attempt interrupted during the call (a crash, a stand-down, a timeout) leaves its actions
+in doubt; the next attempt waits until the call could no longer be on its way to Slack (one
+Slack timeout after it began) and then looks for the message before sending again.
+
+The windows that remain: a process that freezes, after that check and before Slack has
 received the call, for longer than its heartbeat TTL (`HEARTBEAT_TTL_SECONDS`) can have its
-work taken over by another replica, and both may post.
+work taken over by another replica, and both may post; and a call Slack takes longer than the
+Slack timeout to store is not found by the search that follows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from redis.exceptions import RedisError
 
 from bot.alerts.decide import (
     AlreadyDone,
@@ -139,7 +146,9 @@ class ChannelDelivery:
         self._dead = dead_letters
         self._sender = sender
         self._metrics = metrics
-        self.policy = policy
+        # A call may take up to the Slack timeout to reach Slack: that long, an interrupted
+        # one is waited out before its message is looked for.
+        self.policy = replace(policy, settle_ms=int(timing.slack_timeout * 1000))
         self.timing = timing
         self._event_of = event_of  # action -> (outbox entry id, event)
         self._clock = clock
@@ -150,6 +159,10 @@ class ChannelDelivery:
         self.digested: set[str] = set()  # posts that went out inside a digest
         self.unthreadable: set[str] = set()  # posts Slack refused a reply under
         self.bugs: dict[str, str] = {}  # action id -> the last bug it hit (for its letter)
+        # Whether Slack answered its last health check (the notifier's probe says): while it
+        # does, a message Slack keeps failing is the message's problem and keeps its strikes.
+        self.slack_answers = True
+        self.stopping = False  # standing down: attempts under way start no new Slack call
 
     # --- one unit ---------------------------------------------------------------------------
     async def attempt(self, channel: str, unit: Sequence[Action]) -> Outcome:
@@ -165,14 +178,24 @@ class ChannelDelivery:
                 return await self._act(run, decide(facts, self.policy))
         except TimeoutError:
             await self._release(tokens, self._interrupted(run))
+            seconds = self._backoff_seconds(channel)
+            self.failures[channel] = self.failures.get(channel, 0) + 1
             log.warning(
-                "delivery to %s took longer than %.0fs: retrying", channel, self.timing.deadline
+                "delivery to %s took longer than %.0fs: retrying in %.1fs",
+                channel,
+                self.timing.deadline,
+                seconds,
             )
-            return Later(0.0, "deadline")
+            return Later(seconds, "deadline")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._release(tokens, self._interrupted(run)))
             raise
+        except RedisError as exc:  # Redis, not the action: no strike, try again shortly
+            log.warning("delivery to %s: Redis failed (%s); retrying", channel, exc)
+            with contextlib.suppress(Exception):
+                await self._release(tokens, self._interrupted(run))
+            return Later(self._backoff_seconds(channel), "redis")
         except Exception as exc:
             log.exception("delivery to %s failed with a bug; retrying (strike kept)", channel)
             for action_id in ids:
@@ -183,20 +206,23 @@ class ChannelDelivery:
 
     @staticmethod
     def _interrupted(run: _Attempt | None) -> Release:
-        return Release.MAYBE_POSTED if run is not None and run.sending else Release.UNUSED
+        return Release.INTERRUPTED if run is not None and run.sending else Release.UNUSED
 
     async def _facts(self, channel: str, unit: Sequence[Action], reply: ClaimReply) -> Facts:
         gates, claims = reply.gates, reply.claims.values()
-        mine = [c.record for c in claims if c.status is ClaimStatus.CLAIMED]
+        mine = {a: c.record for a, c in reply.claims.items() if c.status is ClaimStatus.CLAIMED}
         held = [c.record for c in claims if c.status is ClaimStatus.HELD]
-        doubts = [r.doubt_since or r.first_at for r in mine if r.doubt]
+        doubts = [r.doubt_since or r.first_at for r in mine.values() if r.doubt]
+        interrupted = any(r.interrupted for r in mine.values() if r.doubt)
         refused, until = self.refused.get(channel, ("", 0.0))
+        head = unit[0]
         return Facts(
             now=gates.now,
             done=any(c.status is ClaimStatus.DONE for c in claims),
             held_until=max((r.lease_until for r in held), default=0),
-            strikes=max((r.strikes for r in mine), default=0),
+            strikes=tuple((a, r.strikes) for a, r in mine.items()),
             doubt_since=min(doubts, default=0),
+            interrupted=interrupted,
             workspace_paused=bool(gates.workspace),
             pause_left=gates.pause_left,
             pace_left=gates.pace_left,
@@ -204,6 +230,8 @@ class ChannelDelivery:
             parent=await self._parent(unit[0]),
             channel_failures=self.failures.get(channel, 0),
             jitter=random.random(),
+            fallback=head.fallback,
+            idempotent=head.kind is ActionKind.UPDATE and not head.fallback,
         )
 
     async def _parent(self, action: Action) -> Parent:
@@ -214,6 +242,8 @@ class ChannelDelivery:
         if action.target in self.sent_ts:
             return Parent.SENT
         record = (await self._records.read([action.target])).get(action.target)
+        if record is None and action.fallback:  # an older entry's message, record pruned
+            return Parent.GONE
         if record is None or not record.final:
             return Parent.PENDING
         self._remember(action.target, record)
@@ -253,6 +283,7 @@ class ChannelDelivery:
         channel, now = run.channel, run.facts.now
         seconds = None if verdict.until is None else max(verdict.until - now, 0) / 1000
         release = Release.UNUSED
+        keep = False
         if failure is not None and verdict.reason is WaitReason.RATE_LIMITED:
             assert verdict.until is not None
             await self._gates.pause(channel, verdict.until - now, RATE_LIMITED)
@@ -271,11 +302,15 @@ class ChannelDelivery:
                 "Slack failed for %s (%s): retry %d in %.1fs", channel, failure.reason, n, seconds
             )
             release = Release.NOT_POSTED
+            if self.slack_answers and run.sending:  # Slack is well: this message is the trouble
+                keep = True
+                for action_id, _ in run.tokens:
+                    self.bugs[action_id] = f"Slack kept answering {failure.reason}"
         elif failure is not None and verdict.reason is WaitReason.WORKSPACE:
             hint = hint_for(failure.reason)
             if failure.needed:
                 hint += f" (Slack says it needs: {failure.needed})"
-            since = await self._gates.pause_workspace(failure.reason, hint)
+            since = await self._gates.pause_workspace(failure.reason, hint, failure.needed)
             if since >= now - 1000:  # this attempt paused it: say so here, once
                 log.error(
                     "Slack refused the bot's token (%s): all delivery is paused and nothing is "
@@ -286,55 +321,82 @@ class ChannelDelivery:
             release = Release.NOT_POSTED
         if run.sending:  # the call may have gone through: the next attempt searches first
             release = Release.MAYBE_POSTED
-        await self._release(run.tokens, release)
+        await self._release(run.tokens, release, keep_strike=keep)
         return Later(seconds, verdict.reason.value)
 
-    async def _search(self, run: _Attempt, verdict: SearchFirst) -> Verdict | Outcome:
-        wanted = {a for a, _ in run.tokens}
-        head = run.unit[0]
+    def _places(self, head: Action) -> list[str | None]:
+        """Where an action's message would be: its thread (a reply), the channel (a post, an
+        update's repost), or both (a reply that may have fallen back to a top-level post)."""
         thread = self.sent_ts.get(head.target) if head.target else None
-        cursor: str | None = None
-        while True:
-            page = await self._sender.search(
-                run.channel, wanted, oldest_ms=verdict.oldest, thread_ts=thread, cursor=cursor
-            )
-            if isinstance(page, SearchPage):
-                run.found |= page.found
-                cursor = page.cursor
-                if wanted <= run.found.keys() or cursor is None:
-                    break
-                continue
-            after = decide(replace(run.facts, failure=page, stage=Stage.SEARCH), self.policy)
-            if isinstance(after, Wait) and after.keep_claim and after.until is not None:
-                wait_ms = max(after.until - run.facts.now, 0)
-                if not await self._records.renew(
-                    run.tokens, lease_ms=wait_ms + self.timing.lease_ms
-                ):
-                    return Later(0.0, "claim_lost")
-                run.extend(wait_ms / 1000 + self.timing.deadline)
-                log.info(
-                    "cannot read the history of %s yet (%s): searching on in %.1fs",
+        if head.kind is ActionKind.REPLY and thread is not None:
+            return [thread, None] if head.fallback else [thread]
+        return [None]
+
+    async def _search(self, run: _Attempt, verdict: SearchFirst) -> Verdict | Outcome:
+        doubtful = {
+            a
+            for a, c in run.claims.items()
+            if c.status is ClaimStatus.CLAIMED and c.record.doubt and a in dict(run.tokens)
+        }
+        wanted = doubtful or {a for a, _ in run.tokens}
+        head = run.unit[0]
+        # The doubtful call began at doubt_since and could reach Slack a Slack timeout later.
+        latest = run.facts.doubt_since + self.policy.settle_ms + self.policy.history_margin_ms
+        for place in self._places(head):
+            cursor: str | None = None
+            while True:
+                page = await self._sender.search(
                     run.channel,
-                    page.reason,
-                    wait_ms / 1000,
+                    wanted,
+                    oldest_ms=verdict.oldest,
+                    latest_ms=latest,
+                    thread_ts=place,
+                    cursor=cursor,
                 )
-                await asyncio.sleep(wait_ms / 1000)
-                continue
-            if isinstance(after, Send):
-                log.warning(
-                    "cannot check %s for an earlier post of %d action(s) (%s); sending them "
-                    "(at least once). Use a channel id and grant channels:history / "
-                    "groups:history.",
-                    run.channel,
-                    len(wanted),
-                    page.reason,
-                )
-                return after
-            assert isinstance(after, Wait)
-            return await self._wait(run, after, page)
+                if isinstance(page, SearchPage):
+                    run.found |= page.found
+                    cursor = page.cursor
+                    if wanted <= run.found.keys() or cursor is None:
+                        break
+                    # Each page may take a Slack timeout: the claim and the deadline follow.
+                    if not await self._records.renew(run.tokens, lease_ms=self.timing.lease_ms):
+                        return Later(0.0, "claim_lost")
+                    run.extend(self.timing.deadline)
+                    continue
+                after = decide(replace(run.facts, failure=page, stage=Stage.SEARCH), self.policy)
+                if isinstance(after, Wait) and after.keep_claim and after.until is not None:
+                    wait_ms = max(after.until - run.facts.now, 0)
+                    if not await self._records.renew(
+                        run.tokens, lease_ms=wait_ms + self.timing.lease_ms
+                    ):
+                        return Later(0.0, "claim_lost")
+                    run.extend(wait_ms / 1000 + self.timing.deadline)
+                    log.info(
+                        "cannot read the history of %s yet (%s): searching on in %.1fs",
+                        run.channel,
+                        page.reason,
+                        wait_ms / 1000,
+                    )
+                    await asyncio.sleep(wait_ms / 1000)
+                    continue
+                if isinstance(after, Send):
+                    log.warning(
+                        "cannot check %s for an earlier post of %d action(s) (%s); sending them "
+                        "(at least once). Use a channel id and grant channels:history / "
+                        "groups:history.",
+                        run.channel,
+                        len(wanted),
+                        page.reason,
+                    )
+                    return replace(after, repost=run.facts.parent is Parent.GONE)
+                assert isinstance(after, Wait)
+                return await self._wait(run, after, page)
+            if wanted <= run.found.keys():
+                break
         if not run.found:
             return decide(replace(run.facts, doubt_since=0), self.policy)
         final: dict[str, ActionRecord] = {}
+        home = head.target or "" if head.kind is ActionKind.UPDATE else ""
         for action_id, ts in run.found.items():
             log.info(
                 "already in %s (ts=%s) after an interrupted attempt: not sending %r again",
@@ -343,14 +405,17 @@ class ChannelDelivery:
                 action_id,
             )
             token = dict(run.tokens)[action_id]
-            done = await self._finish([(action_id, token)], RecordState.SENT, ts=ts)
+            done = await self._finish([(action_id, token)], RecordState.SENT, ts=ts, home=home)
             final |= done.final
         await self._release([(a, t) for a, t in run.tokens if a not in run.found], Release.UNUSED)
         self._metrics.messages.labels(outcome="found_after_interruption").inc(len(final))
         return Progress(final)
 
     async def _send(self, run: _Attempt, verdict: Send) -> Verdict | Outcome:
-        pace = -1 if verdict.plain_text else int(self.timing.pace * 1000)
+        if self.stopping:  # standing down: no new call starts
+            await self._release(run.tokens, Release.UNUSED)
+            return Later(0.0, "stopping")
+        pace = -1 if verdict.plain_text or run.sending else int(self.timing.pace * 1000)
         begun = await self._records.begin(
             run.channel, run.tokens, min_left_ms=self.timing.min_left_ms, pace_ms=pace
         )
@@ -362,32 +427,53 @@ class ChannelDelivery:
             return Later(0.0, "claim_lost")
         message, meta, events = self._message(run.unit)
         run.sending = True
-        result = await self._call(run, message, meta, plain_text=verdict.plain_text)
+        head = run.unit[0]
+        result = await self._call(
+            run, message, meta, plain_text=verdict.plain_text, repost=verdict.repost
+        )
         if isinstance(result, str):
             outcome = await self._finish(
-                run.tokens, RecordState.SENT, ts=result, reason=DIGEST if len(run.unit) > 1 else ""
+                run.tokens,
+                RecordState.SENT,
+                ts=result,
+                reason=DIGEST if len(run.unit) > 1 else "",
+                home=head.target or "" if head.kind is ActionKind.UPDATE else "",
             )
             run.sending = False
             self.failures.pop(run.channel, None)
             self._metrics.messages.labels(outcome="sent").inc()
             if verdict.plain_text:
                 self._metrics.messages.labels(outcome="plain_text_fallback").inc()
+            if verdict.repost:
+                self._metrics.messages.labels(outcome="reposted").inc()
             self._log_sent(run.channel, run.unit, events, result)
             return outcome
         facts = replace(
-            run.facts, failure=result, stage=Stage.SEND, plain_text_tried=verdict.plain_text
+            run.facts,
+            failure=result,
+            stage=Stage.SEND,
+            plain_text_tried=verdict.plain_text,
+            reposting=verdict.repost,
         )
         after = decide(facts, self.policy)
         if isinstance(after, Send):
-            log.warning(
-                "Slack refused the message for %s (%s): retrying as plain text",
-                run.channel,
-                result.reason,
-            )
+            if after.repost and not verdict.repost:
+                log.warning(
+                    "the message %r updates or replies under is gone from %s (%s): posting it "
+                    "as a new message",
+                    head.id,
+                    run.channel,
+                    result.reason,
+                )
+            else:
+                log.warning(
+                    "Slack refused the message for %s (%s): retrying as plain text",
+                    run.channel,
+                    result.reason,
+                )
             return after
         run.sending = result.maybe_sent
         if isinstance(after, DeadLetter):
-            head = run.unit[0]
             if head.kind is ActionKind.REPLY and head.target and result.scope is Scope.MESSAGE:
                 self.unthreadable.add(head.target)  # the rest of its thread would fail too
             if result.scope is Scope.CHANNEL:
@@ -398,10 +484,16 @@ class ChannelDelivery:
         return await self._wait(run, after, result)
 
     async def _call(
-        self, run: _Attempt, message: Message, meta: dict[str, object], *, plain_text: bool
+        self,
+        run: _Attempt,
+        message: Message,
+        meta: dict[str, object],
+        *,
+        plain_text: bool,
+        repost: bool = False,
     ) -> str | SlackFailure:
         head = run.unit[0]
-        if head.kind is ActionKind.POST:
+        if head.kind is ActionKind.POST or repost:
             return await self._sender.post(run.channel, message, meta, plain_text=plain_text)
         target = self.sent_ts.get(head.target or "", "")
         if head.kind is ActionKind.REPLY:
@@ -451,9 +543,15 @@ class ChannelDelivery:
 
     # --- outcomes ---------------------------------------------------------------------------
     async def _finish(
-        self, tokens: Tokens, state: RecordState, *, ts: str = "", reason: str = ""
+        self,
+        tokens: Tokens,
+        state: RecordState,
+        *,
+        ts: str = "",
+        reason: str = "",
+        home: str = "",
     ) -> Progress:
-        lost = set(await self._records.finish(tokens, state, ts=ts, reason=reason))
+        lost = set(await self._records.finish(tokens, state, ts=ts, reason=reason, home=home))
         if lost:
             log.warning("%d claim(s) were taken over before their outcome was recorded", len(lost))
         final: dict[str, ActionRecord] = {}
@@ -461,7 +559,20 @@ class ChannelDelivery:
             if action_id not in lost:
                 final[action_id] = ActionRecord(state=state, ts=ts or None, reason=reason or None)
                 self._remember(action_id, final[action_id])
+        if final and home and ts:  # the target's message lives at ts now (a card moved)
+            self.sent_ts[home] = ts
+            self.digested.discard(home)
+            self.unthreadable.discard(home)
         return Progress(final)
+
+    def reset(self) -> None:
+        """Forget everything kept in memory (standing down: Redis keeps what matters)."""
+        self.failures.clear()
+        self.refused.clear()
+        self.sent_ts.clear()
+        self.digested.clear()
+        self.unthreadable.clear()
+        self.bugs.clear()
 
     def forget(self, action_id: str) -> None:
         """Drop what is kept in memory about an action whose entry is done."""
@@ -476,30 +587,39 @@ class ChannelDelivery:
             if record.reason == DIGEST:
                 self.digested.add(action_id)
 
-    async def _release(self, tokens: Tokens, mode: Release) -> None:
+    async def _release(self, tokens: Tokens, mode: Release, *, keep_strike: bool = False) -> None:
         if tokens:
-            await self._records.release(tokens, mode)
+            await self._records.release(tokens, mode, keep_strike=keep_strike)
 
     async def _quarantine(self, run: _Attempt, verdict: Quarantine) -> Progress:
+        """Dead-letter the actions at their strike limit; give the rest of the unit back (the
+        queue goes on, and they are tried again on their own)."""
+        struck = set(verdict.action_ids)
+        tokens = [(a, t) for a, t in run.tokens if a in struck]
         log.error(
-            "%d action(s) for %s failed %d times without an answer from Slack (a bug, or the "
-            "process died on them): dead-lettered as bot_error so the channel moves on; "
+            "%d action(s) for %s failed %d times in ways that were not the channel's (a bug, "
+            "the process dying during the call, or Slack failing them while it answered the "
+            "rest): dead-lettered as bot_error so the channel moves on; "
             "`timbal-jobs-bot dead-letters --replay` sends them once fixed",
-            len(run.tokens),
+            len(tokens),
             run.channel,
             verdict.strikes,
         )
-        self._metrics.messages.labels(outcome="quarantined").inc(len(run.tokens))
-        bug = next((self.bugs[a] for a, _ in run.tokens if a in self.bugs), "")
+        self._metrics.messages.labels(outcome="quarantined").inc(len(tokens))
+        await self._release([(a, t) for a, t in run.tokens if a not in struck], Release.UNUSED)
+        bug = next((self.bugs[a] for a, _ in tokens if a in self.bugs), "")
         detail = (
             f"{verdict.strikes} attempts; last: {bug}"
             if bug
             else (f"{verdict.strikes} attempts that never finished (the process died on them?)")
         )
-        return await self._dead_letter(run, "bot_error", detail)
+        return await self._dead_letter(run, "bot_error", detail, tokens=tokens)
 
-    async def _dead_letter(self, run: _Attempt, reason: str, detail: str = "") -> Progress:
-        mine = {a for a, _ in run.tokens}
+    async def _dead_letter(
+        self, run: _Attempt, reason: str, detail: str = "", *, tokens: Tokens | None = None
+    ) -> Progress:
+        tokens = run.tokens if tokens is None else tokens
+        mine = {a for a, _ in tokens}
         letters = []
         for action in run.unit:
             if action.id in mine:
@@ -527,7 +647,7 @@ class ChannelDelivery:
                 reason,
                 hint_for(reason),
             )
-        return await self._finish(run.tokens, RecordState.DEAD, reason=reason)
+        return await self._finish(tokens, RecordState.DEAD, reason=reason)
 
     def _backoff_seconds(self, channel: str) -> float:
         n = self.failures.get(channel, 0) + 1

@@ -52,7 +52,7 @@ from bot.domain.notices import MuteSummary
 from storage.connection import Redis
 from storage.consumer import OutboxConsumer, OutboxEntry, stream_order
 from storage.dead_letters import DeadLetters, Letter
-from storage.gates import SlackGates
+from storage.gates import SlackGates, WorkspacePause
 from storage.keys import Keys
 from storage.lease import Lease
 from storage.plans import PlanStore
@@ -82,7 +82,9 @@ class NotifierConfig:
     paused_probe_every: float = 10.0  # auth.test while all delivery is paused
     paused_log_every: float = 60.0
     max_concurrent: int = 20  # Slack calls in flight at once
-    grace: float = 1.0  # seconds running attempts get to finish when standing down
+    # Seconds a call in flight gets to finish when standing down (None: the Slack timeout and
+    # a second): one cut off is in doubt, and costs its successor a wait and a history search.
+    grace: float | None = None
     record_retention_ms: int = WEEK_MS
     prune_every: float = 600.0
     timing: Timing = field(default_factory=Timing)
@@ -145,7 +147,10 @@ class Notifier:
             redis, keys, key=keys.notifier_lease, identity=identity, ttl=self.config.lease_ttl
         )
         self._replicas = Replicas(redis, keys, identity)
-        self._sender = SlackSender(slack, timeout=self.config.timing.slack_timeout)
+        self._limit = asyncio.Semaphore(self.config.max_concurrent)
+        self._sender = SlackSender(
+            slack, timeout=self.config.timing.slack_timeout, limit=self._limit
+        )
         self.delivery = ChannelDelivery(
             records=self.records,
             gates=self.gates,
@@ -158,8 +163,9 @@ class Notifier:
             clock=clock,
             on_slack_trouble=self._slack_trouble,
         )
-        self._limit = asyncio.Semaphore(self.config.max_concurrent)
         self.active = False
+        self._active_since = -math.inf  # monotonic: when this replica took over
+        self._inherited: asyncio.Task[None] | None = None
         self._group_ready = False
         self._entries: dict[str, _Entry] = {}
         self._action_entry: dict[str, str] = {}
@@ -172,6 +178,7 @@ class Notifier:
         self._trouble = asyncio.Event()
         self._probe_failed = False
         self._paused_logged = -math.inf
+        self._last_blind_resume = -math.inf
         self._moved = Batch()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -222,12 +229,16 @@ class Notifier:
         taking_over = not self.active
         if taking_over:
             self.active = True
+            self.delivery.stopping = False
+            self._active_since = time.monotonic()
             self._last_adopt = -math.inf
             log.info("notifier active replica=%s", self.identity.replica)
         await self._ensure_group()
         await self._read(batch, block if not taking_over else None)
-        if taking_over:
-            await self._lift_inherited_backoffs()
+        if taking_over:  # in the background: auth.test must not hold the pass (and the lease)
+            self._inherited = asyncio.create_task(
+                self._lift_inherited_backoffs(), name="inherited-backoffs"
+            )
         self._start_workers()
         batch.acked += await self._ack()
         await self._housekeeping()
@@ -243,10 +254,15 @@ class Notifier:
         return batch
 
     def _block_for(self) -> float | None:
-        """How long a read may wait for new entries: not past the next channel's turn."""
+        """How long a read may wait for new entries: not past the next channel's turn (a
+        channel whose worker is running has no turn to wait for)."""
         if self._runnable():
             return None
-        waits = [t for ch, t in self._ready_at.items() if self._queues.get(ch)]
+        waits = [
+            t
+            for ch, t in self._ready_at.items()
+            if self._queues.get(ch) and ch not in self._workers
+        ]
         soonest = min(waits, default=math.inf) - time.monotonic()
         return max(min(self.config.block, soonest), 0.0)
 
@@ -257,14 +273,28 @@ class Notifier:
             for ch, q in self._queues.items()
         )
 
+    @property
+    def grace(self) -> float:
+        grace = self.config.grace
+        return self.config.timing.slack_timeout + 1.0 if grace is None else grace
+
     async def stand_down(self, *, release: bool) -> None:
-        """Stop delivering: let running attempts finish briefly, then cancel them; forget the
-        in-memory queues (Redis keeps everything); give the lease up when asked."""
+        """Stop delivering: no new attempt starts; a Slack call in flight may finish (up to
+        `grace`), attempts that are only waiting are cancelled; forget the in-memory queues
+        (Redis keeps everything); give the lease up when asked."""
+        was_active, self.active = self.active, False  # workers start no further attempt
+        self.delivery.stopping = True
+        if self._inherited is not None:
+            self._inherited.cancel()
+            self._inherited = None
         workers = list(self._workers.values())
+        deadline = time.monotonic() + self.grace
+        running = set(workers)
+        while running and self._sender.in_flight and time.monotonic() < deadline:
+            _, running = await asyncio.wait(running, timeout=0.05)
+        for task in running:
+            task.cancel()
         if workers:
-            _, running = await asyncio.wait(workers, timeout=self.config.grace)
-            for task in running:
-                task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         self._workers.clear()
         self._entries.clear()
@@ -272,9 +302,9 @@ class Notifier:
         self._queues.clear()
         self._order.clear()
         self._ready_at.clear()
-        if self.active:
+        self.delivery.reset()
+        if was_active:
             log.info("notifier standing down replica=%s", self.identity.replica)
-        self.active = False
         if release:
             with contextlib.suppress(RedisError):
                 await self.lease.release()
@@ -288,7 +318,10 @@ class Notifier:
     async def _read(self, batch: Batch, block: float | None) -> None:
         entries: list[OutboxEntry] = []
         try:
-            if time.monotonic() - self._last_adopt >= self.config.adopt_every:
+            # Right after taking over, every pass: a stale holder may still be reading entries
+            # its lease no longer covers (at most one lease long); then every `adopt_every`.
+            just_now = time.monotonic() - self._active_since < self.config.lease_ttl
+            if just_now or time.monotonic() - self._last_adopt >= self.config.adopt_every:
                 self._last_adopt = time.monotonic()
                 adopted = await self.consumer.adopt()
                 if adopted:
@@ -401,6 +434,7 @@ class Notifier:
         now = time.monotonic()
         for channel, queue in self._queues.items():
             if queue and channel not in self._workers and self._ready_at.get(channel, 0.0) <= now:
+                self._ready_at.pop(channel, None)  # its turn came: nothing to wait for now
                 task = asyncio.create_task(self._drain(channel), name=f"deliver:{channel}")
                 self._workers[channel] = task
                 task.add_done_callback(functools.partial(self._worker_done, channel))
@@ -416,13 +450,14 @@ class Notifier:
         queue = self._queues[channel]
         while queue and self.active:
             unit = self._next_unit(queue)
-            async with self._limit:
-                outcome = await self.delivery.attempt(channel, unit)
+            outcome = await self.delivery.attempt(channel, unit)
             if isinstance(outcome, Progress):
                 self._settle(channel, outcome)
                 continue
             assert isinstance(outcome, Later)
-            seconds = math.inf if outcome.seconds is None else outcome.seconds
+            # "Until resumed" is a look again soon: a wake-up may have come while this attempt
+            # was deciding to wait, and must not be lost.
+            seconds = self.config.paused_probe_every if outcome.seconds is None else outcome.seconds
             self._ready_at[channel] = time.monotonic() + seconds
             return
         self._ready_at.pop(channel, None)
@@ -504,12 +539,16 @@ class Notifier:
         paused = await self.gates.workspace_pause() if self.active else None
         if paused is not None:
             failure = await self._sender.auth_test()
-            if failure is None:
+            now = time.monotonic()
+            back = None if failure is not None else _scope_back(paused, self._sender.granted)
+            if back is None and failure is None:  # cannot tell: try delivery once a minute
+                back = now - self._last_blind_resume >= self.config.paused_log_every
+            if back:
+                self._last_blind_resume = now
                 await self.gates.resume_workspace()
                 log.info("Slack accepts the token again (auth.test ok): delivery resumes")
                 self.wake()
                 return
-            now = time.monotonic()
             if now - self._paused_logged >= self.config.paused_log_every:
                 self._paused_logged = now
                 waiting = sum(len(q) for q in self._queues.values())
@@ -527,6 +566,7 @@ class Notifier:
                 await asyncio.wait_for(self._trouble.wait(), timeout=1.0)
             return
         failure = await self._sender.auth_test()
+        self.delivery.slack_answers = failure is None
         if failure is None or failure.kind is not FailureKind.RETRY:
             self._trouble.clear()
             if self._probe_failed and failure is None:
@@ -567,6 +607,18 @@ class Notifier:
             log.info(
                 "notifier pruned records=%d consumers=%d replicas=%d", records, consumers, replicas
             )
+
+
+def _scope_back(paused: WorkspacePause, granted: frozenset[str] | None) -> bool | None:
+    """Whether a workspace pause may lift now that auth.test works: always for a token problem;
+    for `missing_scope` only once the token holds the scope Slack asked for (auth.test checks
+    no scope); None when that cannot be told (no scope named, or no scopes in the answer)."""
+    if paused.reason != "missing_scope":
+        return True
+    needed = {p.strip() for p in paused.needed.split(",") if p.strip()}
+    if not needed or granted is None:
+        return None
+    return bool(needed & granted)
 
 
 def _payload(entry: OutboxEntry) -> JobEvent | MuteSummary | None:

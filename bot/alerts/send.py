@@ -9,13 +9,16 @@ Slack's (a bug) propagates.
 No hidden retries: the sender works on its own copy of the client without slack_sdk's retry
 handlers. Its connection-error handler would re-send a chat.postMessage Slack may already
 have processed, and its rate-limit handler would sleep inside the call; the notifier decides
-both (`bot.alerts.decide`).
+both (`bot.alerts.decide`). `limit` bounds the calls in flight at once; it is held for the
+call only, never while an attempt waits (a history search waiting out a 429 holds nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +63,15 @@ class SearchPage:
 
 
 class SlackSender:
-    def __init__(self, slack: AsyncWebClient, *, timeout: float) -> None:
+    def __init__(
+        self, slack: AsyncWebClient, *, timeout: float, limit: asyncio.Semaphore | None = None
+    ) -> None:
         self._slack = copy.copy(slack)
         self._slack.retry_handlers = []
         self._slack.timeout = max(int(timeout), 1)
+        self._limit = limit or asyncio.Semaphore(20)
+        self.in_flight = 0  # calls being made right now (a stand-down lets them finish)
+        self.granted: frozenset[str] | None = None  # the token's scopes, from auth.test
 
     async def post(
         self,
@@ -92,8 +100,8 @@ class SlackSender:
     async def update(
         self, channel: str, ts: str, message: Message, meta: dict[str, Any], *, plain_text: bool
     ) -> str | SlackFailure:
-        """chat.update of `ts`; setting the same content twice is harmless, so an update in
-        doubt is simply made again."""
+        """chat.update of `ts`; setting the same content twice is harmless, so `decide()` makes
+        an update in doubt again instead of searching for it."""
         text = plain(message) if plain_text else message.text
         blocks = [] if plain_text else message.blocks  # [] clears blocks the card had
         return await self._call(
@@ -106,10 +114,12 @@ class SlackSender:
         wanted: set[str],
         *,
         oldest_ms: int,
+        latest_ms: int | None = None,
         thread_ts: str | None = None,
         cursor: str | None = None,
     ) -> SearchPage | SlackFailure:
-        """One page of the channel's history (or of a thread) since `oldest_ms`."""
+        """One page of the channel's history (or of a thread) between `oldest_ms` and
+        `latest_ms` (inclusive)."""
         args: dict[str, Any] = {
             "channel": channel,
             "oldest": f"{max(oldest_ms, 0) / 1000:.6f}",
@@ -117,13 +127,16 @@ class SlackSender:
             "include_all_metadata": True,
             "limit": HISTORY_PAGE_SIZE,
         }
+        if latest_ms is not None:
+            args["latest"] = f"{max(latest_ms, 0) / 1000:.6f}"
         if cursor:
             args["cursor"] = cursor
         method = "conversations_history"
         if thread_ts is not None:
             method, args["ts"] = "conversations_replies", thread_ts
         try:
-            response = await getattr(self._slack, method)(**args)
+            async with self._limited():
+                response = await getattr(self._slack, method)(**args)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:
@@ -138,19 +151,37 @@ class SlackSender:
         return SearchPage(found=found, cursor=next_cursor)
 
     async def auth_test(self) -> SlackFailure | None:
-        """None when the token works."""
+        """None when the token works; `granted` then holds its scopes (None when Slack did not
+        say: the `x-oauth-scopes` header is missing)."""
         try:
-            await self._slack.auth_test()
+            response = await self._slack.auth_test()
         except Exception as exc:
             failure = classify(exc)
             if failure is None:
                 raise
             return failure
+        headers = {str(k).lower(): v for k, v in (response.headers or {}).items()}
+        raw = headers.get("x-oauth-scopes")
+        if isinstance(raw, list):
+            raw = ",".join(str(v) for v in raw)
+        self.granted = (
+            None if raw is None else frozenset(p.strip() for p in str(raw).split(",") if p.strip())
+        )
         return None
+
+    @contextlib.asynccontextmanager
+    async def _limited(self) -> AsyncIterator[None]:
+        async with self._limit:
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
 
     async def _call(self, method: str, **args: Any) -> str | SlackFailure:
         try:
-            response = await getattr(self._slack, method)(**args)
+            async with self._limited():
+                response = await getattr(self._slack, method)(**args)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:

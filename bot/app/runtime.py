@@ -169,6 +169,7 @@ class Runtime:
         self.metrics = Metrics()
         self.keys = Keys(settings.redis_prefix, settings.timbal_org_id)
         self.stop_event = asyncio.Event()
+        self._beat_stop = asyncio.Event()
         self._own_redis = redis is None
         self.redis: Redis = redis if redis is not None else build_redis(settings)
         self.replicas = Replicas(
@@ -330,7 +331,9 @@ class Runtime:
     async def _beat_forever(self, *, registered: bool) -> None:
         """Renew this replica's heartbeat; stop the process if another one took its id."""
         every = self.settings.heartbeat_ttl_seconds / 3
-        while not self.stop_event.is_set():
+        # It beats until the workers have stopped (`_beat_stop`), not just until the stop
+        # signal: a notifier letting its last Slack call finish must still hold its claims.
+        while not self._beat_stop.is_set():
             try:
                 if not registered:
                     await self.replicas.register(roles=self._role_names, wait=False)
@@ -352,7 +355,7 @@ class Runtime:
             except RedisError as exc:
                 log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), every)
+                await asyncio.wait_for(self._beat_stop.wait(), every)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -513,13 +516,20 @@ class Runtime:
         await self._close_socket()
         if self._runner is not None:
             await self._runner.cleanup()
-        for task in self._tasks:
+        # The notifier lets a Slack call in flight finish (up to the Slack timeout); the
+        # heartbeat stops last, so its claims stay alive meanwhile.
+        wait = self.settings.slack_timeout_seconds + 5.0
+        beats = [t for t in self._tasks if t.get_name() == "heartbeat"]
+        for task in [t for t in self._tasks if t not in beats] + beats:
+            if task in beats:
+                self._beat_stop.set()
             try:
-                await asyncio.wait_for(task, timeout=10)
+                await asyncio.wait_for(task, timeout=wait)
             except TimeoutError:
                 task.cancel()
             except Exception:
                 log.exception("worker %s failed", task.get_name())
+        self._beat_stop.set()
         with contextlib.suppress(RedisError):
             await self.replicas.leave()  # another replica takes over at once
         await self.timbal.aclose()

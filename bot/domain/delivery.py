@@ -21,6 +21,8 @@ class Route(BaseModel):
 
     `muted` is the target of the channel's mute that holds the event back ("" when it is not
     muted): nothing is posted, and the event is counted for the mute's summary instead.
+    `recovery_only`: the channel wants failures, not successes; a success reaches it only to
+    close the connector's open incident there (and is dropped when none is open).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -28,6 +30,7 @@ class Route(BaseModel):
     channel: str
     mention: str | None = None
     muted: str = ""
+    recovery_only: bool = False
 
 
 class ActionKind(StrEnum):
@@ -53,6 +56,9 @@ class Action(BaseModel):
     of the action whose message a REPLY threads under or an UPDATE rewrites; it always comes
     earlier in the same channel's queue. A `digestible` post may be merged with its
     neighbours into one digest message during a storm; `event_ids` are the events it reports.
+    `fallback`: when the target's message is gone (deleted in Slack, never posted, or only in a
+    digest), post this message top-level instead; for an UPDATE of an incident's card, the new
+    message becomes the card (the target's record is moved to it).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -65,6 +71,7 @@ class Action(BaseModel):
     event_ids: list[str] = Field(default_factory=list)
     digestible: bool = False
     mention: str | None = None  # the route's mention (already in `message` where it belongs)
+    fallback: bool = False
 
 
 class HeldBack(BaseModel):
@@ -78,9 +85,23 @@ class HeldBack(BaseModel):
     last_failure: str = ""  # for a failure: a one-line description (JSON-safe text)
 
 
+class IncidentWrite(BaseModel):
+    """A change of one incident that a plan makes, stored with the plan in one step and only
+    if the incident is still at `expect` (its version; 0: no incident open). `value` is the
+    incident's JSON after the change; "" closes it (and drops what the card's buttons set)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    expect: int
+    value: str
+    card: str  # the card's action id
+
+
 class Plan(BaseModel):
-    """Everything one outbox entry asks for, in the order it must happen per channel, and
-    what muted channels held back of it (counted once, when the plan is stored)."""
+    """Everything one outbox entry asks for, in the order it must happen per channel, what
+    muted channels held back of it (counted once, when the plan is stored), and the incidents
+    it opens, changes or closes (written in the same step)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -88,6 +109,7 @@ class Plan(BaseModel):
     event_id: str
     actions: list[Action]
     held_back: list[HeldBack] = Field(default_factory=list)
+    incidents: list[IncidentWrite] = Field(default_factory=list)
 
 
 def action_id(event_id: str, channel: str, slot: str) -> str:
@@ -111,8 +133,10 @@ class ActionRecord(BaseModel):
     `holder`/`nonce`/`token` name the current claim; `lease_until` is when it lapses.
     `sending` is set just before the Slack call; a record found `sending` by the next claim,
     or released as "maybe posted", is in `doubt`: the next attempt looks for its message in
-    the channel before sending (`doubt_since` bounds that search). `strikes` counts attempts
-    that never finished or hit a bug; too many and the action is quarantined.
+    the channel before sending (`doubt_since` bounds that search), and when the call was cut
+    off (`interrupted`: a crash, a timeout) only once it could no longer be reaching Slack.
+    `strikes` counts calls that never finished, bugs, and failures Slack kept answering this
+    message only; too many and the action is quarantined.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -128,6 +152,7 @@ class ActionRecord(BaseModel):
     sending: bool = False
     doubt: bool = False
     doubt_since: int = 0
+    interrupted: bool = False  # the doubtful call was cut off: it may still be reaching Slack
     ts: str | None = None
     reason: str | None = None
     done_at: int = 0

@@ -66,6 +66,7 @@ class Failure:
     retry_after: int | None = None
     channel: str | None = None
     times: int = 1
+    needed: str | None = None  # missing_scope: the scope Slack names as needed
 
 
 @dataclass
@@ -131,6 +132,11 @@ class FakeSlack:
 
     bot_token: str = "xoxb-test-token"  # noqa: S105 - a fake's fixed credential
     bot_user_id: str = "U0BOT"
+    # What auth.test reports in `x-oauth-scopes` (the manifest's bot scopes).
+    scopes: str = (
+        "commands,chat:write,chat:write.public,channels:history,groups:history,"
+        "channels:read,groups:read"
+    )
     team: str = "Timbal Test"
     team_id: str = "T0TEST"
     known_channels: set[str] | None = None  # None: every channel exists
@@ -297,7 +303,10 @@ class FakeSlack:
             if scripted.status != 200:
                 payload = {"ok": False, "error": scripted.error or "ratelimited"}
                 return web.json_response(payload, status=scripted.status, headers=headers)
-            return web.json_response({"ok": False, "error": scripted.error}, headers=headers)
+            refusal: dict[str, Any] = {"ok": False, "error": scripted.error}
+            if scripted.needed is not None:
+                refusal |= {"needed": scripted.needed, "provided": self.scopes}
+            return web.json_response(refusal, headers=headers)
         if socket is not None:
             return web.json_response({"ok": True, "url": socket.new_url()})
         if method == "auth.test":
@@ -310,7 +319,8 @@ class FakeSlack:
                     "team_id": self.team_id,
                     "user_id": self.bot_user_id,
                     "bot_id": "B0BOT",
-                }
+                },
+                headers={"x-oauth-scopes": self.scopes},
             )
         if method in ("chat.postMessage", "chat.postEphemeral"):
             return self._post(method, body, call)
