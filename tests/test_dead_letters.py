@@ -16,6 +16,7 @@ from tests.notifier_helpers import (
     make_notifier,
     outbox_empty,
     running,
+    to,
 )
 from tests.proc import clean_env, run_cli
 from tests.waiting import wait_until
@@ -43,6 +44,33 @@ async def test_fix_the_channel_then_replay_delivers_once(
         assert await letters.replay(dead) == 2  # a second replay of the same letters ...
         await wait_until(lambda: outbox_empty(redis_client), what="acked again")
     assert delivered(fake_slack) == [e.event_id for e in events]  # ... posts nothing twice
+
+
+async def test_a_replay_after_the_weekly_prune_posts_nothing_twice(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    fake_slack.known_channels = {"C0A"}  # the bot is not in C0B yet: channel_not_found
+    event = job_event(1)
+    await enqueue(redis_client, event)
+    notifier = await make_notifier(redis_client, fake_slack, router=to("C0A", "C0B"))
+    async with running(notifier):
+        await wait_until(lambda: outbox_empty(redis_client), what="sent to A, dead for B")
+    assert delivered(fake_slack, "C0A") == [event.event_id]
+    letters = DeadLetters(redis_client, KEYS)
+    dead = await letters.read()
+    assert [(d.channel, d.reason) for d in dead] == [("C0B", "channel_not_found")]
+    # Eight days later the bot is invited to C0B; the prune has run meanwhile.
+    eight_days_later = await notifier.records.now_ms() + 8 * 24 * 3600 * 1000
+    await notifier.records.prune(
+        now_ms=eight_days_later, max_age_ms=notifier.config.record_retention_ms
+    )
+    fake_slack.known_channels = None
+    assert await letters.replay(dead) == 1
+    async with running(notifier):
+        await wait_until(lambda: len(delivered(fake_slack, "C0B")) == 1, what="replayed")
+        await wait_until(lambda: outbox_empty(redis_client), what="acked")
+    assert delivered(fake_slack, "C0A") == [event.event_id]  # A's record was kept: once
+    assert delivered(fake_slack, "C0B") == [event.event_id]
 
 
 async def test_cli_lists_and_replays(
