@@ -5,6 +5,14 @@ code, `bot_error` for a quarantined action, `malformed` for an unreadable entry)
 the channel and the action id. A replay puts each event back in the outbox as a new entry and
 forgets the dead records of its letters' actions, in one script per event; actions that did
 go out stay `sent`, so a replay never posts them twice.
+
+A letter is written for the action Slack refused (a post, say), not for the thread replies
+that were then `skipped` because their parent never went out: those have no letter of their
+own. So the replay also forgets the skipped replies of each letter's thread
+(`{event_id}|{channel}|reply.1`, `reply.2`, … as `bot.alerts.plan` names them), and the
+replayed post comes back with its whole thread. A thread's replies are claimed in order, so
+their records have no gaps: the script tries `reply.1` upwards and stops at the first one
+that has no record (at most `MAX_THREAD_REPLIES`).
 """
 
 from __future__ import annotations
@@ -21,17 +29,30 @@ from storage.keys import Keys
 from storage.lua import script
 
 DEAD_LETTER_MAXLEN = 10_000
+THREAD_REPLY = "reply."  # the slot of a thread's n-th reply is `reply.{n}` (bot.alerts.plan)
+MAX_THREAD_REPLIES = 100  # a bound only: bot.alerts.render caps a thread well below it
 
 # KEYS: outbox, dead letters, actions; ARGV: event id, payload JSON, its field ("event" or
-# "notice"), n letters, letter ids..., action ids... (their dead or skipped records are
-# forgotten)
+# "notice"), n letters, m action ids, max replies, letter ids..., action ids... (their dead or
+# skipped records are forgotten), thread prefixes... (`{event_id}|{channel}|reply.`: the
+# skipped records of `reply.1` upwards are forgotten, up to the first reply with no record)
 REPLAY = script("""
-local n = tonumber(ARGV[4])
-for i = 1, n do redis.call('XDEL', KEYS[2], ARGV[4 + i]) end
-for i = 5 + n, #ARGV do
+local n, m, max_replies = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local first = 7
+for i = first, first + n - 1 do redis.call('XDEL', KEYS[2], ARGV[i]) end
+for i = first + n, first + n + m - 1 do
   local rec = decode(redis.call('HGET', KEYS[3], ARGV[i]))
   if rec and (rec.state == 'dead' or rec.state == 'skipped') then
     redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+for i = first + n + m, #ARGV do
+  for k = 1, max_replies do
+    local id = ARGV[i] .. k
+    local raw = redis.call('HGET', KEYS[3], id)
+    if not raw then break end
+    local rec = decode(raw)
+    if rec and rec.state == 'skipped' then redis.call('HDEL', KEYS[3], id) end
   end
 end
 return redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], ARGV[3], ARGV[2])
@@ -122,6 +143,8 @@ class DeadLetters:
                 by_event.setdefault(letter.event_id, []).append(letter)
         k = self._keys
         for event_id, group in by_event.items():
+            actions = [letter.action_id for letter in group if letter.action_id]
+            threads = dict.fromkeys(_thread_prefix(letter) for letter in group)
             await self._replay(
                 keys=[k.outbox, k.dead_letter, k.actions],
                 args=[
@@ -129,8 +152,16 @@ class DeadLetters:
                     group[0].event,
                     "notice" if group[0].payload == "notice" else "event",
                     len(group),
+                    len(actions),
+                    MAX_THREAD_REPLIES,
                     *(letter.id for letter in group),
-                    *(letter.action_id for letter in group if letter.action_id),
+                    *actions,
+                    *threads,
                 ],
             )
         return len(by_event)
+
+
+def _thread_prefix(letter: DeadLetter) -> str:
+    """`{event_id}|{channel}|reply.`: the id of the letter's thread's replies, less their n."""
+    return f"{letter.event_id}|{letter.channel}|{THREAD_REPLY}"

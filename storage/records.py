@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bot.domain.delivery import ActionRecord, RecordState
+from bot.domain.delivery import ActionRecord, Plan, RecordState
 from storage.connection import Redis
 from storage.keys import Keys
 from storage.lua import script
@@ -391,9 +391,19 @@ class ActionRecords:
     async def prune(self, *, now_ms: int, max_age_ms: int) -> int:
         """Delete final records older than `max_age_ms`, and unreadable ones. An in-flight
         record guards an entry that may still be pending (a long outage): kept ten times
-        longer, only to clear leftovers of entries deleted by hand."""
+        longer, only to clear leftovers of entries deleted by hand.
+
+        Whatever their age, the records of an event that may still be delivered are kept: one
+        with a dead letter (a replay sends it again, and its `sent` records are what keep the
+        channels that got it from getting it twice), one with an outbox entry (pending, or a
+        replay not planned yet), and every action a stored plan names or targets. The streams
+        are read before the records, dead letters first: a replay moves a letter into the
+        outbox in one script, so an event replayed meanwhile is seen in one or the other."""
+        keep = await self._still_deliverable()
         stale: list[str] = []
         async for name, value in self._redis.hscan_iter(self._keys.actions, count=500):
+            if text(name) in keep.actions or event_of(text(name)) in keep.events:
+                continue
             record = parse_record(value)
             if record is None:
                 stale.append(name)
@@ -405,3 +415,79 @@ class ActionRecords:
         for start in range(0, len(stale), 500):
             await self._redis.hdel(self._keys.actions, *stale[start : start + 500])
         return len(stale)
+
+    async def _still_deliverable(self) -> Deliverable:
+        k = self._keys
+        events = await stream_values(self._redis, k.dead_letter, "event_id")
+        events |= await stream_values(self._redis, k.outbox, "event_id")
+        actions: set[str] = set()
+        async for _, raw in self._redis.hscan_iter(k.plans, count=100):
+            try:
+                plan = Plan.model_validate_json(raw)
+            except ValidationError:  # the notifier plans that entry again
+                continue
+            actions |= {a.id for a in plan.actions} | {a.target for a in plan.actions if a.target}
+        return Deliverable(events=events, actions=actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverable:
+    """What may still be delivered: event ids, and action ids named by stored plans."""
+
+    events: set[str]
+    actions: set[str]
+
+
+def event_of(action_id: str) -> str:
+    """The event id of `{event_id}|{channel}|{slot}` (an event id may hold `|` itself)."""
+    parts = action_id.rsplit("|", 2)
+    return parts[0] if len(parts) == 3 else action_id
+
+
+STREAM_PAGE = 500
+
+# KEYS: a stream; ARGV: first id (inclusive), count, field -> {last id read ('' when none),
+# rows read, the field's value in each row that has it}. Only the values cross the network:
+# dead letters carry whole events.
+STREAM_FIELD = """
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+local out = {'', #rows}
+for _, row in ipairs(rows) do
+  out[1] = row[1]
+  local fields = row[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[3] then
+      out[#out + 1] = fields[i + 1]
+      break
+    end
+  end
+end
+return out
+"""
+
+
+async def stream_values(redis: Redis, stream: str, field: str) -> set[str]:
+    """Every value of `field` in `stream`, one page of `STREAM_PAGE` entries per round trip."""
+    read = redis.register_script(STREAM_FIELD)
+    values: set[str] = set()
+    start = "-"
+    while True:
+        reply: list[Any] = await read(keys=[stream], args=[start, STREAM_PAGE, field])
+        last, rows = text(reply[0]), int(reply[1])
+        values.update(text(v) for v in reply[2:])
+        if rows < STREAM_PAGE:
+            return values
+        start = next_stream_id(last)
+
+
+def text(value: Any) -> str:
+    """A reply value as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def next_stream_id(entry_id: str) -> str:
+    """The smallest stream id after `entry_id` (for an inclusive XRANGE that goes on)."""
+    ms, _, seq = entry_id.partition("-")  # a stream id is `<ms>-<seq>`, both 64-bit
+    if int(seq) == 2**64 - 1:
+        return f"{int(ms) + 1}-0"
+    return f"{ms}-{int(seq) + 1}"

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from storage.connection import Redis
 from storage.heartbeat import HEARTBEAT_TTL, last_poll, record_poll
 from storage.keys import Keys
 from storage.lease import Lease
-from storage.replicas import Identity, ReplicaIdInUse, Replicas
+from storage.replicas import Identity, LifeLock, ReplicaIdInUse, Replicas
 from tests.redis_backends import Backend
 from tests.replica_helpers import alive, die, identity
 from tests.waiting import wait_until
@@ -133,7 +137,7 @@ async def test_a_live_replica_id_is_refused_to_a_second_process(r: Redis) -> Non
     first = Replicas(r, KEYS, Identity("pod-1", "a"), ttl_ms=60_000)
     await first.register(roles=["poller"])
     beat = json.loads(str(await r.hget(KEYS.replicas, "pod-1")))
-    beat["pid"] = os.getppid()  # the first is another live process of this host
+    beat["life"] = "another process"  # the first is another live process of this host
     await r.hset(KEYS.replicas, "pod-1", json.dumps(beat))
     second = Replicas(r, KEYS, Identity("pod-1", "b"), ttl_ms=60_000)
     with pytest.raises(ReplicaIdInUse, match="REPLICA_ID 'pod-1' is in use"):
@@ -152,31 +156,112 @@ async def test_a_lapsing_heartbeat_of_the_same_id_is_waited_out(r: Redis) -> Non
     assert await new.beat()
 
 
-async def test_this_hosts_previous_life_is_replaced_at_once(r: Redis) -> None:
-    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
-    await gone.wait()  # a process of this host that has exited: a container's previous life
-    beat = {"nonce": "old", "alive_until": 2**50, "host": socket.gethostname(), "pid": gone.pid}
-    await r.hset(KEYS.replicas, "pod-1", json.dumps(beat))
-    started = time.monotonic()
-    await Replicas(r, KEYS, Identity("pod-1", "new"), ttl_ms=60_000).register(roles=["poller"])
-    assert time.monotonic() - started < 0.5  # no waiting for the old heartbeat
-    live = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)")
+async def test_a_twin_with_the_same_host_name_and_pid_is_never_replaced(
+    r: Redis, tmp_path: Path
+) -> None:
+    # Two containers given one `hostname:` (so one default REPLICA_ID), each running the bot
+    # as pid 1: the other's heartbeat names our host and our pid, and it is alive.
+    twin = {"nonce": "twin", "alive_until": 2**50, "host": socket.gethostname(),
+            "pid": os.getpid(), "life": "the twin", "lock": "the twin's own lock"}  # fmt: skip
+    await r.hset(KEYS.replicas, "pod-1", json.dumps(twin))
+    newcomer = Replicas(r, KEYS, Identity("pod-1", "new"), ttl_ms=200, lock_dir=tmp_path)
+    with pytest.raises(ReplicaIdInUse):
+        await newcomer.register(roles=["poller"])  # waits the twin out, then gives up
+    assert json.loads(str(await r.hget(KEYS.replicas, "pod-1"))) == twin
+
+
+# A replica in a process of its own: registers, beats once, says so, and lives on until killed.
+REPLICA = """
+import asyncio, sys
+from pathlib import Path
+import redis.asyncio as aioredis
+from storage.keys import Keys
+from storage.replicas import Identity, Replicas
+
+async def main():
+    url, prefix, org, lock_dir, ttl = sys.argv[1:]
+    redis = aioredis.Redis.from_url(url, decode_responses=True)  # as open_redis() does
+    replicas = Replicas(redis, Keys(prefix, org), Identity("pod-1", "old"),
+                        ttl_ms=int(ttl), lock_dir=Path(lock_dir))
+    await replicas.register(roles=["poller"])
+    assert await replicas.beat()
+    print("ready", flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def replica_process(
+    redis_url: str, lock_dir: Path, *, ttl_ms: int
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REPLICA, redis_url, KEYS.prefix, KEYS.org_id, str(lock_dir),
+        str(ttl_ms), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        beat |= {"nonce": "other", "pid": live.pid}
-        await r.hset(KEYS.replicas, "pod-2", json.dumps(beat))
-        with pytest.raises(ReplicaIdInUse):
-            await Replicas(r, KEYS, Identity("pod-2", "mine"), ttl_ms=60_000).register(
-                roles=["poller"], wait=False
-            )
-        beat |= {"host": "another-host", "pid": gone.pid}
-        await r.hset(KEYS.replicas, "pod-3", json.dumps(beat))
-        with pytest.raises(ReplicaIdInUse):  # another host's process cannot be checked
-            await Replicas(r, KEYS, Identity("pod-3", "mine"), ttl_ms=60_000).register(
-                roles=["poller"], wait=False
-            )
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+        yield proc
     finally:
-        live.kill()
-        await live.wait()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_a_process_killed_in_place_is_replaced_at_once(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with replica_process(redis_url, tmp_path, ttl_ms=60_000) as old:
+        newcomer = Replicas(redis_client, KEYS, Identity("pod-1", "new"), ttl_ms=60_000,
+                            lock_dir=tmp_path)  # fmt: skip
+        with pytest.raises(ReplicaIdInUse):  # alive: it holds the replica's lock
+            await newcomer.register(roles=["poller"], wait=False)
+        old.kill()  # SIGKILL: it leaves its heartbeat behind, alive for another minute
+        await old.wait()
+        started = time.monotonic()
+        await newcomer.register(roles=["poller"])
+        assert time.monotonic() - started < 0.5  # its lock was free: no waiting
+    assert json.loads(str(await redis_client.hget(KEYS.replicas, "pod-1")))["nonce"] == "new"
+    assert await newcomer.beat()
+
+
+async def test_without_its_lock_file_a_dead_heartbeat_is_waited_out(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "before").mkdir()
+    async with replica_process(redis_url, tmp_path / "before", ttl_ms=1000) as old:
+        old.kill()
+        await old.wait()
+        lapses = json.loads(str(await redis_client.hget(KEYS.replicas, "pod-1")))["alive_until"]
+    # The restarted container got an empty /tmp (a tmpfs): nothing proves the old one dead.
+    (tmp_path / "after").mkdir()
+    newcomer = Replicas(redis_client, KEYS, Identity("pod-1", "new"), ttl_ms=1000,
+                        lock_dir=tmp_path / "after")  # fmt: skip
+    with pytest.raises(ReplicaIdInUse):
+        await newcomer.register(roles=["poller"], wait=False)
+    await newcomer.register(roles=["poller"])  # waits for the old heartbeat to lapse
+    seconds, micros = await redis_client.time()
+    assert seconds * 1000 + micros // 1000 >= lapses
+
+
+def test_the_life_lock_is_exclusive_and_names_its_previous_holder(tmp_path: Path) -> None:
+    first, second = LifeLock(tmp_path / "pod-1.lock"), LifeLock(tmp_path / "pod-1.lock")
+    assert first.acquire()
+    assert not second.acquire()  # held (by another process it would be the same)
+    token = first.token
+    first.release()
+    assert second.acquire()
+    assert second.previous == token and second.token != token
+
+
+def test_the_life_lock_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "pod-1.lock").symlink_to(victim)
+    assert not LifeLock(tmp_path / "pod-1.lock").acquire()
+    assert victim.read_text() == "precious"
 
 
 async def test_leave_and_members(backend: Backend) -> None:
@@ -185,6 +270,7 @@ async def test_leave_and_members(backend: Backend) -> None:
     b = Replicas(r, KEYS, Identity("b", "1"), ttl_ms=60_000)
     await a.register(roles=["poller", "notifier"])
     await b.register(roles=["commands"])
+    assert await a.beat()  # a beat keeps what registering said
     members = await a.members()
     assert [(m.replica, m.alive, m.roles) for m in members] == [
         ("a", True, ["poller", "notifier"]),

@@ -331,6 +331,26 @@ async def test_a_refused_thread_reply_never_reposts_the_main_message(
     assert {d["reason"] for d in await dead_letters(redis_client)} == {"cannot_reply_to_message"}
 
 
+async def test_a_channel_that_refuses_thread_replies_still_gets_the_next_alerts(
+    redis_client: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    fake_slack.non_threadable = {CH}
+    long = job_event(1, message="x" * 10_000)
+    later = [job_event(i) for i in (2, 3, 4)]
+    assert len(render_alert(long, now=T0).thread_chunks) >= 2
+    await enqueue(redis_client, long, *later)
+    notifier = await make_notifier(redis_client, fake_slack)
+    async with running(notifier):
+        await wait_until(lambda: outbox_empty(redis_client), within=10, what="acked")
+    # A refused reply condemns its own thread, not the channel: every alert is posted.
+    assert delivered(fake_slack) == [e.event_id for e in [long, *later]]
+    posts = fake_slack.calls_to("chat.postMessage", CH)
+    assert len([c for c in posts if c.body.get("thread_ts")]) == 1  # the rest were skipped
+    assert [(d["action_id"], d["reason"]) for d in await dead_letters(redis_client)] == [
+        (f"{long.event_id}|{CH}|reply.1", "restricted_action_non_threadable_channel")
+    ]
+
+
 async def test_a_rendering_bug_does_not_hold_the_channel(
     redis_client: aioredis.Redis, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

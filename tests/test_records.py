@@ -6,10 +6,13 @@ heartbeat frees a claim at once, and a stale token can neither send nor record.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.domain.delivery import RecordState
 from storage.connection import Redis
+from storage.dead_letters import DeadLetters, Letter
 from storage.gates import SlackGates
 from storage.keys import Keys
 from storage.records import ActionRecords, ClaimReply, ClaimStatus, Release
@@ -258,3 +261,33 @@ async def test_records_are_pruned_by_age(r: Redis) -> None:
     assert await ra.prune(now_ms=now + 10_000, max_age_ms=60_000) == 1  # only the junk
     assert await ra.prune(now_ms=now + 120_000, max_age_ms=60_000) == 2
     assert await r.hlen(KEYS.actions) == 0
+
+
+async def test_prune_keeps_the_records_of_events_that_may_be_delivered_again(r: Redis) -> None:
+    ra = await records_for(r, identity("a"))
+    lettered = "org:job|1:failed:2025-03-01"  # a job id may hold the separator
+    replayed, targeted, done = "org:job_2:failed:x", "org:job_3:failed:x", "org:job_4:failed:x"
+    ids = [
+        f"{lettered}|C0A|post",  # sent to A ...
+        f"{lettered}|C0B|post",  # ... dead for B: its letter can be replayed any day
+        f"{replayed}|C0A|post",  # its letter was replayed: an outbox entry, not planned yet
+        f"{targeted}|C0A|post",  # a stored plan updates this message
+        f"{done}|C0A|post",  # delivered long ago, no letter, no entry: pruned
+    ]
+    claim = await ra.claim(CH, ids, lease_ms=LEASE)
+    tokens = [(a, c.record.token) for a, c in claim.claims.items()]
+    await ra.finish(tokens, RecordState.SENT, ts="1.1")
+    # Letters of other events fill more than one page of the scan; ours comes last.
+    filler = [
+        Letter("1-0", f"other:{i}", "{}", "C0X", f"other:{i}|C0X|post", "x") for i in range(1200)
+    ]
+    mine = Letter("1-0", lettered, "{}", "C0B", ids[1], "channel_not_found")
+    await DeadLetters(r, KEYS).add([*filler, mine])
+    await r.xadd(KEYS.outbox, {"event_id": replayed, "event": "{}"})
+    update = {"id": "e9|C0A|update", "channel": "C0A", "kind": "update",
+              "message": {"text": "t"}, "target": ids[3]}  # fmt: skip
+    plan = {"entry_id": "9-0", "event_id": "e9", "actions": [update]}
+    await r.hset(KEYS.plans, "9-0", json.dumps(plan))
+    week = 7 * 24 * 3600 * 1000
+    assert await ra.prune(now_ms=claim.gates.now + 2 * week, max_age_ms=week) == 1
+    assert sorted(await ra.read(ids)) == sorted(ids[:4])

@@ -58,6 +58,17 @@ def api_error(status: int, data: Any, headers: dict[str, str] | None = None) -> 
          SlackFailure(FailureKind.PERMANENT, "channel_not_found", scope=Scope.CHANNEL)),
         (api_error(200, {"ok": False, "error": "is_archived"}),
          SlackFailure(FailureKind.PERMANENT, "is_archived", scope=Scope.CHANNEL)),
+        (api_error(200, {"ok": False, "error": "restricted_action_read_only_channel"}),
+         SlackFailure(
+             FailureKind.PERMANENT, "restricted_action_read_only_channel", scope=Scope.CHANNEL
+         )),
+        # A reply refused for being a reply condemns its thread, not the channel.
+        (api_error(200, {"ok": False, "error": "restricted_action_non_threadable_channel"}),
+         SlackFailure(FailureKind.PERMANENT, "restricted_action_non_threadable_channel")),
+        (api_error(200, {"ok": False, "error": "restricted_action_thread_locked"}),
+         SlackFailure(FailureKind.PERMANENT, "restricted_action_thread_locked")),
+        (api_error(200, {"ok": False, "error": "thread_not_found"}),
+         SlackFailure(FailureKind.PERMANENT, "thread_not_found")),
         (api_error(200, {"ok": False, "error": "invalid_auth"}),
          SlackFailure(FailureKind.PERMANENT, "invalid_auth", scope=Scope.WORKSPACE)),
         (api_error(200, {"ok": False, "error": "missing_scope"}),

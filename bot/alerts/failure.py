@@ -7,7 +7,10 @@
   anyway (a timeout or a 5xx may follow a post that went through; a refused connection not).
 - `INVALID`: `invalid_blocks` / `msg_too_long`: the content was refused; retry once as text.
 - `PERMANENT`: anything else Slack answered. `scope` says what it condemns: this message,
-  every message to this channel, or every call with this token (the workspace).
+  every message to this channel, or every call with this token (the workspace). A refusal
+  that only concerns threading (`THREAD_ERRORS`: the channel takes no replies, the parent
+  cannot have any) condemns this thread, never the channel: it is `MESSAGE`-scoped, so the
+  thread's other replies are skipped and the channel's top-level posts still go out.
 """
 
 from __future__ import annotations
@@ -49,9 +52,17 @@ CHANNEL_ERRORS = frozenset(
         "restricted_action",
         "restricted_action_read_only_channel",
         "restricted_action_thread_only_channel",
-        "restricted_action_non_threadable_channel",
         "team_access_not_granted",
         "ekm_access_denied",
+    }
+)
+# A reply refused for being a reply: top-level posts to the same channel still work.
+THREAD_ERRORS = frozenset(
+    {
+        "restricted_action_non_threadable_channel",
+        "restricted_action_thread_locked",
+        "cannot_reply_to_message",
+        "thread_not_found",
     }
 )
 TOKEN_ERRORS = frozenset(
@@ -88,12 +99,18 @@ HINTS = {
 
 
 CHANNEL_HINT = "invite the bot to the channel (/invite @Timbal Jobs) or fix the channel id"
+THREAD_HINT = (
+    "the alert itself was posted; Slack takes no thread replies there, so the full error "
+    "text stays in the dead letter"
+)
 
 
 def hint_for(reason: str) -> str:
     """What an operator should do about a Slack error code."""
     if reason in CHANNEL_ERRORS:
         return CHANNEL_HINT
+    if reason in THREAD_ERRORS:
+        return THREAD_HINT
     if reason in TOKEN_ERRORS:
         return HINTS.get(reason, "check SLACK_BOT_TOKEN and the app's scopes")
     return "Slack refused this message; the dead letter keeps it for a replay"

@@ -78,6 +78,7 @@ def classify(exc: BaseException) -> SlackFailure | None:
         if reason in TOKEN_ERRORS:
             needed = str(data.get("needed") or "") if isinstance(data, dict) else ""
             return SlackFailure(FailureKind.PERMANENT, reason, scope=Scope.WORKSPACE, needed=needed)
+        # A refused reply (`THREAD_ERRORS`) condemns its thread only: MESSAGE.
         scope = Scope.CHANNEL if reason in CHANNEL_ERRORS else Scope.MESSAGE
         return SlackFailure(FailureKind.PERMANENT, reason, scope=scope)
     if isinstance(exc, NOT_SENT_ERRORS):

@@ -4,7 +4,9 @@ It answers `auth.test`, `chat.postMessage` (threads included), `chat.update` (in
 `message_not_found` for a deleted message), `chat.postEphemeral`, `conversations.history` and
 `conversations.replies` (paged, with the 2025 limits of non-Marketplace apps when
 `history_tier=LIMITED`; see `bot.sim.slack_history`), `conversations.info` (membership,
-archived, private; see `channel_info`) and response URLs (`/response/{id}`). It records
+archived, private; see `channel_info`) and response URLs (`/response/{id}`). A channel in
+`non_threadable` refuses thread replies with Slack's
+`restricted_action_non_threadable_channel` and takes top-level posts. It records
 every call, checks the bot token, rejects blocks over Block Kit's limits with
 `invalid_blocks` and text over 40,000 characters with `msg_too_long`, and can be told to fail
 (429 with `Retry-After`, 5xx, `ok: false` with an error), for all calls or for one channel, or
@@ -140,6 +142,7 @@ class FakeSlack:
     team: str = "Timbal Test"
     team_id: str = "T0TEST"
     known_channels: set[str] | None = None  # None: every channel exists
+    non_threadable: set[str] = field(default_factory=set)  # channels that refuse replies
     # conversations.info of a channel, over the default (a public channel the bot is in),
     # e.g. {"C1": {"is_member": False}} or {"C2": {"is_archived": True}}
     channel_info: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -363,6 +366,10 @@ class FakeSlack:
                     {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
                 )
         thread_ts = body.get("thread_ts")
+        if thread_ts and channel in self.non_threadable:
+            return web.json_response(
+                {"ok": False, "error": "restricted_action_non_threadable_channel"}
+            )
         if thread_ts and not any(
             m["channel"] == channel and m["ts"] == thread_ts for m in self.messages
         ):
