@@ -57,9 +57,9 @@ def _later(
 async def test_a_replica_killed_during_a_slow_post_is_not_posted_twice(
     backend: Backend, fake_slack: FakeSlack
 ) -> None:
-    """Replica a dies while its post is on the wire and Slack is slow to store it; b takes
-    over at once. b waits until the call could no longer reach Slack (one Slack timeout after
-    it began), finds the message, and does not post it again."""
+    """Replica a dies while its post is on the wire and Slack is slow to store it (2 s); b
+    takes over at once. b waits until the call has had `Timing.settle` (3 s) to reach Slack,
+    finds the message, and does not post it again."""
     r = backend.client()
     first, landed = True, asyncio.Event()
 
@@ -67,7 +67,7 @@ async def test_a_replica_killed_during_a_slow_post_is_not_posted_twice(
         nonlocal first
         if call.method == "chat.postMessage" and first:
             first = False
-            _later(fake_slack, dict(call.body), call, 4.0, landed)
+            _later(fake_slack, dict(call.body), call, 2.0, landed)
             await asyncio.sleep(8)
 
     fake_slack.on_request = slow

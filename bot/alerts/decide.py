@@ -17,8 +17,8 @@ Before a call, in this order:
     Wait(PACED)   the channel got a message less than an interval ago
     Skip          a reply or an update whose parent message was never posted (unless it may
                   fall back to a top-level post: then Send(repost))
-    Wait(SETTLE)  an earlier attempt's call was cut off (a crash, a timeout) less than a Slack
-                  timeout after it began: it may still reach Slack, so wait before looking
+    Wait(SETTLE)  an earlier attempt's call was cut off (a crash, a timeout) less than
+                  `settle_ms` after it began: it may still reach Slack, so wait before looking
     SearchFirst   an earlier attempt may have posted: look for it in the channel first
                   (an in-place update is made again instead: doing it twice is harmless)
     Send          make the call
@@ -76,7 +76,7 @@ class Policy:
     max_strikes: int = 5  # calls that never finished (killed), bugs, or failures Slack kept
     # answering while it answered everything else, per action
     history_margin_ms: int = 60_000  # search this much before the first doubtful attempt
-    settle_ms: int = 10_000  # how long a call may take to reach Slack (the Slack timeout)
+    settle_ms: int = 3_000  # how long a request cut off on the wire may take to reach Slack
     backoff_base: float = 1.0  # seconds, doubling after each consecutive failure...
     backoff_cap: float = 60.0  # ...up to this
     parent_wait_ms: int = 1_000

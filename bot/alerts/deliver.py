@@ -7,14 +7,15 @@ search waits out Slack), so it is cancelled before the lease can lapse. Just bef
 call the claim is checked again (`ActionRecords.begin`: same token, our heartbeat alive, lease
 left, pace gate free); the outcome is recorded only with the same token.
 
-An attempt interrupted during the call (a crash, a stand-down, a timeout) leaves its actions
-in doubt; the next attempt waits until the call could no longer be on its way to Slack (one
-Slack timeout after it began) and then looks for the message before sending again.
+An attempt interrupted during the call (a crash, a stand-down past its grace, a timeout)
+leaves its actions in doubt; the next attempt waits until the call has had `Timing.settle`
+(3 s) since it began to reach Slack, then looks for the message before sending again.
 
 The windows that remain: a process that freezes, after that check and before Slack has
 received the call, for longer than its heartbeat TTL (`HEARTBEAT_TTL_SECONDS`) can have its
-work taken over by another replica, and both may post; and a call Slack takes longer than the
-Slack timeout to store is not found by the search that follows.
+work taken over by another replica, and both may post; and a request cut off on the wire that
+Slack stores more than `settle` seconds after it was sent is not found by the search, and is
+posted a second time.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Timing:
     slack_timeout: float = 10.0  # seconds, one Slack call
     margin: float = 5.0  # seconds between the local deadline and the claim's lease
     pace: float = 1.0  # seconds between two messages to one channel
+    # Seconds a request cut off on the wire (a crash, a stand-down past its grace) may still
+    # take to reach Slack and be stored: its successor looks for it only after that.
+    settle: float = 3.0
 
     @property
     def lease_ms(self) -> int:
@@ -146,9 +150,10 @@ class ChannelDelivery:
         self._dead = dead_letters
         self._sender = sender
         self._metrics = metrics
-        # A call may take up to the Slack timeout to reach Slack: that long, an interrupted
-        # one is waited out before its message is looked for.
-        self.policy = replace(policy, settle_ms=int(timing.slack_timeout * 1000))
+        # An interrupted call is waited out (`Timing.settle`) before its message is looked for.
+        self.policy = replace(
+            policy, settle_ms=int(min(timing.settle, timing.slack_timeout) * 1000)
+        )
         self.timing = timing
         self._event_of = event_of  # action -> (outbox entry id, event)
         self._clock = clock
