@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from slack_bolt.async_app import AsyncApp, AsyncRespond
 
-from handlers import commands
+from handlers import actions, commands
 
 log = logging.getLogger(__name__)
 
@@ -47,4 +47,5 @@ def register_error_handler(app: AsyncApp) -> None:
 def register_handlers(app: AsyncApp) -> None:
     """Every listener, and the error handler (register a different one after this to replace it)."""
     commands.register(app)
+    actions.register(app)
     register_error_handler(app)

@@ -1,7 +1,8 @@
 """The poller's heartbeat: when the org was last polled successfully (for /readyz).
 
 One STRING per org (`Keys.last_poll`) holding an ISO timestamp, with a TTL so a bot that is
-gone leaves nothing behind; a missing or unreadable value reads as "never".
+gone leaves nothing behind; a missing or unreadable value reads as "never". The same round
+trip resets the count of failed polls in a row (`storage.ops`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ HEARTBEAT_TTL = timedelta(days=1)
 async def record_poll(
     redis: Redis, keys: Keys, now: datetime, *, ttl: timedelta = HEARTBEAT_TTL
 ) -> None:
-    await redis.set(keys.last_poll, now.isoformat(), px=int(ttl.total_seconds() * 1000))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.last_poll, now.isoformat(), px=int(ttl.total_seconds() * 1000))
+        pipe.hset(keys.ops, "timbal_failures", 0)
+        await pipe.execute()
 
 
 async def last_poll(redis: Redis, keys: Keys) -> datetime | None:

@@ -83,6 +83,29 @@ class Keys:
         """HASH `channel|target|tally` -> what a mute held back; deleted with the mute."""
         return f"{self._base}:held"
 
+    # --- incidents --------------------------------------------------------------------------
+    @property
+    def incidents(self) -> str:
+        """HASH `inc:{channel}|{connector}` -> open Incident JSON, plus `ack:`/`esc:`/`mute:`
+        `{card}` side fields; an incident's fields are deleted when it recovers."""
+        return f"{self._base}:incidents"
+
+    @property
+    def channel_settings(self) -> str:
+        """HASH channel -> ChannelSettings JSON (`/jobs settings`); one field per channel."""
+        return f"{self._base}:channels"
+
+    # --- the bot's own health ----------------------------------------------------------------
+    @property
+    def ops(self) -> str:
+        """HASH: failed polls in a row, the last poll error, raised ops alerts (a few fields)."""
+        return f"{self._base}:ops"
+
+    @property
+    def status(self) -> str:
+        """STRING: the delivering replica's figures for `/jobs status`; has a TTL."""
+        return f"{self._base}:status"
+
     # --- replicas and who does what ---------------------------------------------------------
     @property
     def replicas(self) -> str:

@@ -45,6 +45,9 @@ def job_event(i: int, kind: EventKind = EventKind.FAILED, **fields: Any) -> JobE
         "finished_at": finished.isoformat(),
         "rows_emitted": 10 * i,
         "message": f"boom {i}" if kind is EventKind.FAILED else None,
+        # One connector per job: each failure is its own incident (its own top-level card),
+        # so delivery tests see one message per event; incident tests share a connector.
+        "connector_id": f"conn-{i:03d}",
     }
     base.update(fields)
     job = Job.model_validate(make_job(f"job_{i:03d}", **base))

@@ -110,7 +110,9 @@ async def test_one_event_one_message_with_content_and_metadata(
 async def test_events_go_in_stream_order(
     redis_client: aioredis.Redis, fake_slack: FakeSlack
 ) -> None:
-    events = [job_event(i, kind) for i, kind in enumerate(EventKind)]
+    # (progress only ever goes into an open incident's thread: it has no top-level alert)
+    kinds = [k for k in EventKind if k is not EventKind.PROGRESSING]
+    events = [job_event(i, kind) for i, kind in enumerate(kinds)]
     await enqueue(redis_client, *events)
     await (await make_notifier(redis_client, fake_slack)).run_once()
     assert delivered(fake_slack) == [e.event_id for e in events]

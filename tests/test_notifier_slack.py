@@ -130,11 +130,11 @@ async def test_channel_not_found_dead_letters_and_does_not_block(
 ) -> None:
     metrics = Metrics()
     fake_slack.known_channels = {CH}
-    gone = [job_event(i, connector_id="old") for i in (1, 3)]
+    gone = [job_event(i, connector_id=f"old-{i}") for i in (1, 3)]
     both = job_event(4, connector_id="both")
     fine = job_event(2)
     await enqueue(redis_client, gone[0], fine, gone[1], both)
-    router = routes({"old": ["C0GONE"], "both": ["C0GONE", CH]})
+    router = routes({"old-1": ["C0GONE"], "old-3": ["C0GONE"], "both": ["C0GONE", CH]})
     notifier = await make_notifier(redis_client, fake_slack, metrics=metrics, router=router)
     with caplog.at_level(logging.ERROR):
         async with running(notifier):
@@ -153,7 +153,7 @@ async def test_a_revoked_token_pauses_all_delivery_and_it_resumes_by_itself(
     backend: Backend, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = backend.client()
-    events = [job_event(i, connector_id=f"c{i % 3}") for i in range(9)]
+    events = [job_event(i) for i in range(9)]  # nine connectors, three a channel
     await enqueue(r, *events)
     fake_slack.fail(None, error="token_revoked", times=10**6)  # every call, auth.test too
     health = Health(
@@ -164,7 +164,7 @@ async def test_a_revoked_token_pauses_all_delivery_and_it_resumes_by_itself(
         clock=lambda: T0,
         poll_interval=None,
     )
-    router = routes({"c0": ["A"], "c1": ["B"], "c2": ["C"]})
+    router = routes({f"conn-{i:03d}": ["ABC"[i % 3]] for i in range(9)})
     notifier = await make_notifier(r, fake_slack, router=router)
     with caplog.at_level(logging.ERROR):
         async with running(notifier):
@@ -204,7 +204,9 @@ async def test_invalid_blocks_get_one_plain_text_retry(
     first, second = fake_slack.calls_to("chat.postMessage")
     assert "blocks" in first.body and "blocks" not in second.body
     [message] = fake_slack.posted(CH)
-    assert message["text"] == render_plain(render_alert(e, now=T0))
+    # The failure's card, as text: the alert, then the incident's status line (no buttons).
+    assert message["text"].startswith(render_plain(render_alert(e, now=T0)))
+    assert "Failing since" in message["text"] and "Acknowledge" not in message["text"]
     assert "&lt;!here&gt; &amp; stuff" in message["text"]
     assert event_ids(message) == [e.event_id]  # still findable after a crash
     assert counter(metrics, "tjb_messages_total", outcome="plain_text_fallback") == 1
@@ -244,7 +246,8 @@ async def test_a_storm_of_300_failures_becomes_a_handful_of_digests(
     redis_client: aioredis.Redis, fake_slack: FakeSlack
 ) -> None:
     nasty = "<!channel> & `x` <https://evil|y> " * 200
-    events = [job_event(i, connector_id=f"conn-{i % 9}", message=nasty) for i in range(300)]
+    # 300 connectors failing at once (a storm of first failures: 300 incidents' cards).
+    events = [job_event(i, message=nasty) for i in range(300)]
     await enqueue(redis_client, *events)
     notifier = await make_notifier(redis_client, fake_slack, digest_threshold=5, batch_size=100)
     async with running(notifier):

@@ -86,6 +86,11 @@ def alerts(slack: FakeSlack, channel: str) -> list[dict[str, Any]]:
     return [m for m in slack.posted(channel) if m.get("metadata") and not m["thread_ts"]]
 
 
+def in_threads(slack: FakeSlack, channel: str) -> list[dict[str, Any]]:
+    """The bot's replies in a channel's threads (a further failure of an open incident)."""
+    return [m for m in slack.posted(channel) if m.get("metadata") and m["thread_ts"]]
+
+
 def notes(slack: FakeSlack, channel: str) -> list[str]:
     return [str(m["text"]) for m in slack.posted(channel) if not m.get("metadata")]
 
@@ -160,7 +165,8 @@ async def test_two_channels_two_subscriptions_a_mute_and_its_summary_across_a_re
     assert [events_in(m) for m in alerts(fake_slack, DATA)] == [[failed], [succeeded]]
     assert all("S0PAYONCALL" not in shown(m) for m in alerts(fake_slack, DATA))
 
-    # Mute stripe-* in #pay for 30 minutes; a failure meanwhile reaches #data only.
+    # Mute stripe-* in #pay for 30 minutes; a failure meanwhile reaches #data only, where
+    # stripe-charges' incident is open: its card is updated and the failure is in its thread.
     answer = await bot.command("mute stripe-* 30m", channel=PAY)
     assert "held back in this channel until" in shown(answer)
     fake_timbal.upsert("s1", state="running", finished_at=None, started_at=t0.isoformat())
@@ -169,11 +175,14 @@ async def test_two_channels_two_subscriptions_a_mute_and_its_summary_across_a_re
     polls = len(fake_timbal.requests)
     await wait_until(lambda: len(fake_timbal.requests) >= polls + 2, what="the re-runs seen")
     muted = finish("s1", "failed", t0 + timedelta(minutes=5), "insufficient funds")
-    await fake_slack.wait_for(lambda f: len(alerts(f, DATA)) == 3, within=15)
+    await fake_slack.wait_for(lambda f: len(in_threads(f, DATA)) == 1, within=15)
     polls = len(fake_timbal.requests)
     await wait_until(lambda: len(fake_timbal.requests) >= polls + 2, what="more polls")
-    assert len(alerts(fake_slack, PAY)) == 1  # nothing new in #pay
-    assert events_in(alerts(fake_slack, DATA)[-1]) == [muted]
+    assert len(alerts(fake_slack, PAY)) == 1 and not in_threads(fake_slack, PAY)  # nothing
+    assert events_in(in_threads(fake_slack, DATA)[0]) == [muted]
+    thread = in_threads(fake_slack, DATA)[0]["thread_ts"]
+    [card] = [m for m in alerts(fake_slack, DATA) if m["ts"] == thread]  # the first failure's
+    assert "failed twice" in shown(card)  # updated in place
 
     await bot.stop()  # a restart while muted changes nothing either
     await bot.start()
@@ -188,7 +197,7 @@ async def test_two_channels_two_subscriptions_a_mute_and_its_summary_across_a_re
     polls = len(fake_timbal.requests)
     await wait_until(lambda: len(fake_timbal.requests) >= polls + 3, what="more polls")
     assert len(alerts(fake_slack, PAY)) == 2  # exactly one summary, and nothing posted twice
-    assert len(alerts(fake_slack, DATA)) == 3
+    assert len(alerts(fake_slack, DATA)) == 2 and len(in_threads(fake_slack, DATA)) == 1
 
     listed = await bot.command("subscriptions all", channel=DATA)
     assert "failures of `stripe-*`" in shown(listed) and "every finished run" in shown(listed)

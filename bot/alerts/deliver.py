@@ -53,7 +53,7 @@ from bot.app.metrics import Metrics
 from bot.backoff import backoff
 from bot.domain.delivery import Action, ActionKind, ActionRecord, Message, RecordState
 from bot.domain.events import EventKind, JobEvent
-from bot.domain.notices import MuteSummary
+from bot.domain.notices import CardRefresh, Escalation, MuteSummary, OpsAlert
 from storage.dead_letters import DeadLetters, Letter
 from storage.gates import BACKOFF, RATE_LIMITED, SlackGates
 from storage.records import ActionRecords, Claimed, ClaimReply, ClaimStatus, Release
@@ -66,7 +66,7 @@ DIGEST = "digest"  # the reason recorded on the posts a digest carried
 CHANNEL_REFUSAL_MEMORY = 60.0
 
 Tokens = list[tuple[str, int]]
-Payload = JobEvent | MuteSummary  # what an outbox entry carries
+Payload = JobEvent | MuteSummary | CardRefresh | Escalation | OpsAlert  # an outbox entry's
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +208,20 @@ class ChannelDelivery:
             with contextlib.suppress(Exception):
                 await self._release(tokens, Release.BUG)
             return Later(self._backoff_seconds(channel), "bug")
+
+    async def skip(self, channel: str, unit: Sequence[Action]) -> Progress:
+        """Record actions as deliberately not sent (an update a later one supersedes); what
+        another holder has, or what is final already, is left as it is."""
+        ids = [a.id for a in unit]
+        reply = await self._records.claim(channel, ids, lease_ms=self.timing.lease_ms)
+        claimed = {a: c for a, c in reply.claims.items() if c.status is ClaimStatus.CLAIMED}
+        tokens = [(a, c.record.token) for a, c in claimed.items()]
+        if any(c.record.doubt for c in claimed.values()):  # it may have moved the card: try it
+            await self._release(tokens, Release.UNUSED)
+            return Progress({})
+        done = {a: c.record for a, c in reply.claims.items() if c.status is ClaimStatus.DONE}
+        progress = await self._finish(tokens, RecordState.SKIPPED, reason="superseded")
+        return Progress(done | progress.final)
 
     @staticmethod
     def _interrupted(run: _Attempt | None) -> Release:

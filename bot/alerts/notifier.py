@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import functools
 import logging
@@ -38,23 +39,27 @@ from redis.exceptions import RedisError, ResponseError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts.decide import Policy
-from bot.alerts.deliver import ChannelDelivery, Later, Progress, Timing
+from bot.alerts.deliver import ChannelDelivery, Later, Payload, Progress, Timing
 from bot.alerts.failure import FailureKind
 from bot.alerts.plan import plan_entry, plan_notice
 from bot.alerts.render import AlertMessage, render_minimal
 from bot.alerts.route import Router, RouteSource, distinct
 from bot.alerts.send import SlackSender
+from bot.alerts.watchdog import Health, Thresholds, watch
 from bot.app.metrics import Metrics
 from bot.backoff import backoff
 from bot.domain.delivery import Action, ActionKind, Message, Plan
 from bot.domain.events import JobEvent
-from bot.domain.notices import MuteSummary
+from bot.domain.incidents import OVERLAY_FIELDS, Incident
+from bot.domain.notices import OpsAlert, parse_notice
 from storage.connection import Redis
 from storage.consumer import OutboxConsumer, OutboxEntry, stream_order
 from storage.dead_letters import DeadLetters, Letter
 from storage.gates import SlackGates, WorkspacePause
+from storage.incidents import IncidentStore, IncidentTable
 from storage.keys import Keys
 from storage.lease import Lease
+from storage.ops import OpsState
 from storage.plans import PlanStore
 from storage.records import ActionRecords
 from storage.replicas import Identity, Replicas
@@ -62,6 +67,8 @@ from storage.replicas import Identity, Replicas
 log = logging.getLogger(__name__)
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+# Why a channel waits that counts as Slack holding delivery back (for the ops watch).
+HELD_BY_SLACK = frozenset({"rate_limited", "backoff", "workspace", "paused"})
 
 
 def _utcnow() -> datetime:
@@ -87,6 +94,11 @@ class NotifierConfig:
     grace: float | None = None
     record_retention_ms: int = WEEK_MS
     prune_every: float = 600.0
+    escalate_after: float = 900.0  # seconds an incident with a mention waits for an ack
+    ops_channel: str | None = None  # where the bot's own health alerts go (None: logs only)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    status_every: float = 5.0  # seconds between the figures `/jobs status` reads
+    backlog_sample_every: float = 60.0  # seconds between the samples the backlog watch uses
     timing: Timing = field(default_factory=Timing)
     policy: Policy = field(default_factory=Policy)
 
@@ -112,7 +124,7 @@ class Batch:
 @dataclass
 class _Entry:
     entry: OutboxEntry
-    event: JobEvent | MuteSummary | None
+    event: Payload | None
     plan: Plan | None
     open: set[str]
 
@@ -143,6 +155,8 @@ class Notifier:
         self.gates = SlackGates(redis, keys)
         self.dead_letters = DeadLetters(redis, keys)
         self.plans = PlanStore(redis, keys)
+        self.incidents = IncidentStore(redis, keys)
+        self.ops = OpsState(redis, keys)
         self.lease = Lease(
             redis, keys, key=keys.notifier_lease, identity=identity, ttl=self.config.lease_ttl
         )
@@ -180,6 +194,11 @@ class Notifier:
         self._paused_logged = -math.inf
         self._last_blind_resume = -math.inf
         self._moved = Batch()
+        # channel -> (why it waits, since when: monotonic), while it has alerts waiting
+        self._waiting: dict[str, tuple[str, float]] = {}
+        self._backlog_samples: collections.deque[int] = collections.deque(maxlen=16)
+        self._last_sample = -math.inf
+        self._last_status = -math.inf
 
     # --- the loop ---------------------------------------------------------------------------
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -346,6 +365,7 @@ class Notifier:
     async def _admit(self, entries: list[OutboxEntry], batch: Batch) -> None:
         stored = await self.plans.load(e.id for e in entries)
         router: Router | None = None  # this pass's routing, loaded when first needed
+        table: IncidentTable | None = None  # the open incidents, kept current as plans go
         for entry in sorted(entries, key=lambda e: stream_order(e.id)):
             try:
                 payload = _payload(entry)
@@ -358,20 +378,29 @@ class Notifier:
                 self._entries[entry.id] = _Entry(entry, None, None, set())
                 continue
             plan = stored.get(entry.id)
-            for _ in range(2):  # a mute that ended meanwhile: route once more
+            # A mute that ended or an incident that changed meanwhile: plan again, from the
+            # state as it is now (a few times: each retry reads it afresh).
+            for _ in range(4):
                 if plan is not None:
                     break
                 if router is None and isinstance(payload, JobEvent):
                     router = await self._routes()
+                if table is None:
+                    table = await self.incidents.table()
                 try:
-                    plan = await self.plans.save(self._plan(entry, payload, router))
+                    ours = self._plan(entry, payload, router, table)
                 except _NotRoutable as exc:
                     log.exception("routing %r failed; left pending", exc.event_id)
                     break
+                plan = await self.plans.save(ours)
                 if plan is None:
-                    router = None
-                else:
-                    batch.planned += 1
+                    router, table = None, None
+                    continue
+                batch.planned += 1
+                if plan == ours:
+                    _apply(table, plan)
+                else:  # another replica's (or an earlier life's) plan: read incidents again
+                    table = None
             if plan is None:
                 continue  # left pending: the next look at pending entries tries again
             if not plan.actions:
@@ -381,21 +410,34 @@ class Notifier:
                 self._enqueue(entry.id, index, action)
 
     def _plan(
-        self, entry: OutboxEntry, payload: JobEvent | MuteSummary, router: Router | None
+        self, entry: OutboxEntry, payload: Payload, router: Router | None, table: IncidentTable
     ) -> Plan:
-        if isinstance(payload, MuteSummary):
-            return plan_notice(entry.id, payload)
+        now = self._clock()
+        if not isinstance(payload, JobEvent):
+            try:
+                return plan_notice(
+                    entry.id, payload, now=now, incidents=table.incidents, threads=table.threads
+                )
+            except Exception:  # a rendering bug: the notice is dropped, the queue moves on
+                log.exception("rendering notice %r failed; dropped", payload.event_id)
+                return Plan(entry_id=entry.id, event_id=payload.event_id, actions=[])
         assert router is not None
         try:
             routes = distinct(router(payload))
         except Exception as exc:
             raise _NotRoutable(payload.event_id) from exc
-        now = self._clock()
         try:
-            return plan_entry(entry.id, payload, routes, now=now)
+            return plan_entry(
+                entry.id,
+                payload,
+                routes,
+                now=now,
+                incidents=table.incidents,
+                threads=table.threads,
+            )
         except Exception:  # a rendering bug must not hold the channel's queue forever
             log.exception("rendering %r failed; it goes out as minimal text", payload.event_id)
-            return plan_entry(entry.id, payload, routes, now=now, render=_minimal)
+            return plan_entry(entry.id, payload, routes, now=now, render=_minimal, lifecycle=False)
 
     def _enqueue(self, entry_id: str, index: int, action: Action) -> None:
         """Insert in stream order (an adopted older entry goes before newer ones)."""
@@ -407,7 +449,7 @@ class Notifier:
         order.insert(at, key)
         queue.insert(at, action)
 
-    def _event_of(self, action: Action) -> tuple[str, JobEvent | MuteSummary]:
+    def _event_of(self, action: Action) -> tuple[str, Payload]:
         entry_id = self._action_entry[action.id]
         event = self._entries[entry_id].event
         assert event is not None
@@ -449,25 +491,45 @@ class Notifier:
         """Deliver the channel's queue head by head until it must wait or is empty."""
         queue = self._queues[channel]
         while queue and self.active:
+            superseded = _superseded(queue)
+            if superseded is not None:  # a later update of the same card will say it all
+                skipped = await self.delivery.skip(channel, [superseded])
+                if skipped.final:
+                    self._settle(channel, skipped)
+                    continue
             unit = self._next_unit(queue)
             outcome = await self.delivery.attempt(channel, unit)
             if isinstance(outcome, Progress):
+                if outcome.final:
+                    self._waiting.pop(channel, None)
                 self._settle(channel, outcome)
                 continue
             assert isinstance(outcome, Later)
+            if outcome.reason in HELD_BY_SLACK:
+                since = self._waiting.get(channel, ("", time.monotonic()))[1]
+                self._waiting[channel] = (outcome.reason, since)
             # "Until resumed" is a look again soon: a wake-up may have come while this attempt
             # was deciding to wait, and must not be lost.
             seconds = self.config.paused_probe_every if outcome.seconds is None else outcome.seconds
             self._ready_at[channel] = time.monotonic() + seconds
             return
         self._ready_at.pop(channel, None)
+        self._waiting.pop(channel, None)
         # A channel-wide refusal covered the backlog it found; what comes later is tried.
         self.delivery.refused.pop(channel, None)
 
     def _next_unit(self, queue: list[Action]) -> list[Action]:
         """The head, or a digest: when more than `digest_threshold` digestible posts wait
-        (replies to those posts are skipped over: a digest gets no threads)."""
+        (replies to those posts are skipped over: a digest gets no threads), or as many
+        digestible replies to the head's thread (one digest reply in that thread)."""
         head = queue[0]
+        if head.kind is ActionKind.REPLY and head.digestible:
+            replies = [
+                a
+                for a in queue
+                if a.kind is ActionKind.REPLY and a.digestible and a.target == head.target
+            ][: self.config.max_digest]
+            return replies if len(replies) > self.config.digest_threshold else [head]
         if head.kind is not ActionKind.POST or not head.digestible:
             return [head]
         posts: list[Action] = []
@@ -580,17 +642,107 @@ class Notifier:
         await _wait(stop, self.config.probe_every)
 
     # --- housekeeping -------------------------------------------------------------------------
-    async def _refresh_backlog(self) -> None:
+    async def _refresh_backlog(self) -> int:
         backlog = await self.consumer.backlog()
         self._metrics.outbox_backlog.set(backlog.length)
         self._metrics.outbox_oldest_age.set(backlog.oldest_age)
+        return backlog.length
+
+    # --- incidents and the bot's own health ---------------------------------------------------
+    async def _escalate_due(self) -> None:
+        """Remind on-call, once, of each incident with a mention nobody acknowledged in time."""
+        now = self._clock()
+        table = await self.incidents.table()
+        for incident in table.incidents.values():
+            waited = (now - incident.noticed_at).total_seconds()
+            if (
+                incident.mention
+                and not incident.acked_by
+                and not incident.escalated
+                and waited >= self.config.escalate_after
+                and await self.incidents.escalate(incident, waited=int(waited))
+            ):
+                log.info(
+                    "incident not acknowledged after %ds: reminding on-call connector=%r "
+                    "channel=%s",
+                    waited,
+                    incident.connector,
+                    incident.channel,
+                )
+
+    def _health(self, failures: int, error: str) -> Health:
+        now = time.monotonic()
+        held = [(now - since, why) for why, since in self._waiting.values()]
+        paused, why = max(held, default=(0.0, ""))
+        return Health(
+            timbal_failures=failures,
+            timbal_error=error,
+            slack_paused=paused,
+            slack_reason=why.replace("_", " "),
+            backlog=list(self._backlog_samples),
+        )
+
+    async def _watch(self) -> None:
+        """Raise (once) and recover (once) the ops alerts the figures call for."""
+        failures, error, raised = await self.ops.read()
+        for change in watch(self._health(failures, error), raised, self.config.thresholds):
+            channel = self.config.ops_channel
+            at = await self.records.now_ms()
+            notice = (
+                OpsAlert(
+                    channel=channel,
+                    subject=change.subject,
+                    raised=change.raised,
+                    detail=change.detail,
+                    at=at,
+                )
+                if channel
+                else None
+            )
+            if await self.ops.toggle(change.subject, raised=change.raised, notice=notice):
+                say = log.error if change.raised else log.info
+                say(
+                    "ops: %s %s%s",
+                    change.subject.value,
+                    "in trouble" if change.raised else "well again",
+                    f": {change.detail}" if change.detail else "",
+                )
+
+    async def _write_status(self, backlog: int) -> None:
+        """The figures `/jobs status` shows: what waits per channel, and why."""
+        channels = [
+            {
+                "channel": channel,
+                "actions": len(queue),
+                "reason": self._waiting.get(channel, ("", 0.0))[0],
+            }
+            for channel, queue in sorted(self._queues.items(), key=lambda kv: -len(kv[1]))
+            if queue
+        ]
+        await self.ops.write_status(
+            {
+                "at": self._clock().isoformat(),
+                "replica": self.identity.replica,
+                "backlog": backlog,
+                "channels": channels[:100],
+            }
+        )
 
     async def _housekeeping(self) -> None:
-        await self._refresh_backlog()
-        if self._sweeps and time.monotonic() - self._last_sweep >= 1.0:
-            self._last_sweep = time.monotonic()
+        backlog = await self._refresh_backlog()
+        now = time.monotonic()
+        if now - self._last_sample >= self.config.backlog_sample_every:
+            self._last_sample = now
+            self._backlog_samples.append(backlog)
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
             for sweep in self._sweeps:
                 await sweep()
+            await self._escalate_due()
+            await self._watch()
+        if now - self._last_status >= self.config.status_every:
+            self._last_status = now
+            await self._write_status(backlog)
         if time.monotonic() - self._last_prune < self.config.prune_every:
             return
         self._last_prune = time.monotonic()
@@ -621,16 +773,36 @@ def _scope_back(paused: WorkspacePause, granted: frozenset[str] | None) -> bool 
     return bool(needed & granted)
 
 
-def _payload(entry: OutboxEntry) -> JobEvent | MuteSummary | None:
+def _superseded(queue: list[Action]) -> Action | None:
+    """The head, when it is an update of a card that a later queued update rewrites again."""
+    head = queue[0]
+    if head.kind is not ActionKind.UPDATE:
+        return None
+    later = any(a.kind is ActionKind.UPDATE and a.target == head.target for a in queue[1:])
+    return head if later else None
+
+
+def _apply(table: IncidentTable, plan: Plan) -> None:
+    """Keep the in-memory incidents as the stored plan left them (what the buttons set stays)."""
+    for write in plan.incidents:
+        if not write.value:
+            table.incidents.pop(write.key, None)
+            continue
+        after = Incident.model_validate_json(write.value)
+        before = table.incidents.get(write.key)
+        if before is not None and before.card == after.card:
+            overlay = before.model_dump(include=set(OVERLAY_FIELDS))
+            after = after.model_copy(update=overlay)
+        table.incidents[write.key] = after
+
+
+def _payload(entry: OutboxEntry) -> Payload | None:
     """What the entry carries (None: deleted while pending); raises KeyError or ValueError
     when it is malformed, or when its `event_id` field is not its payload's."""
     if not entry.fields:
         return None
-    payload: JobEvent | MuteSummary
-    if "notice" in entry.fields:
-        payload = MuteSummary.model_validate_json(entry.fields["notice"])
-    else:
-        payload = entry.event()
+    notice = entry.fields.get("notice")
+    payload: Payload = parse_notice(notice) if notice is not None else entry.event()
     if entry.event_id != payload.event_id:
         raise ValueError(f"its event_id field is {entry.event_id!r}, not its payload's")
     return payload

@@ -45,6 +45,7 @@ from storage.connection import Redis
 from storage.heartbeat import record_poll
 from storage.keys import Keys
 from storage.lease import LEASE_TTL_INTERVALS, Lease
+from storage.ops import OpsState
 from storage.outbox import CommitResult, Outbox
 from storage.replicas import Identity
 from storage.snapshots import SnapshotStore
@@ -146,6 +147,7 @@ class Poller:
             ttl=LEASE_TTL_INTERVALS * interval,
         )
         self._snapshots = SnapshotStore(redis, keys)
+        self._ops = OpsState(redis, keys)
         self._outbox = Outbox(redis, keys)
 
     async def run_once(self) -> PollResult:
@@ -235,6 +237,9 @@ class Poller:
                 except RECOVERABLE as exc:
                     failures += 1
                     step = self.backoff(failures)
+                    if isinstance(exc, TimbalError):  # counted for the ops watch
+                        with contextlib.suppress(RedisError):
+                            await self._ops.poll_failed(f"{outcome_of(exc)}: {exc}")
                     log.warning(
                         "poll org=%s failed outcome=%s error=%s: %s retry_in=%.0fs",
                         self.org_id,

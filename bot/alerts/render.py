@@ -70,14 +70,25 @@ EMOJI: dict[EventKind, str] = {
     EventKind.CANCELLED: ":no_entry_sign:",
     EventKind.FINISHED: ":grey_question:",
     EventKind.STARTED: ":arrows_counterclockwise:",
+    EventKind.STALLED: ":hourglass:",
+    EventKind.LONG_RUNNING: ":turtle:",
+    EventKind.PROGRESSING: ":arrow_forward:",
 }
+WARNING_EMOJI = ":warning:"
 KIND_ORDER = (
     EventKind.FAILED,
+    EventKind.STALLED,
+    EventKind.LONG_RUNNING,
     EventKind.FINISHED,
     EventKind.CANCELLED,
     EventKind.SUCCEEDED,
+    EventKind.PROGRESSING,
     EventKind.STARTED,
 )
+LABELS = {
+    EventKind.LONG_RUNNING: "running long",
+    EventKind.PROGRESSING: "progressing again",
+}
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,13 @@ def _duration(job: Job) -> str:
 
 
 def kind_label(event: JobEvent) -> str:
-    """failed / succeeded / cancelled / started, or "finished (state: X)" (escaped)."""
+    """failed / succeeded / cancelled / started / stalled / running long / progressing again,
+    or "finished (state: X)" (escaped)."""
     if event.kind is EventKind.FINISHED:
         return f"finished (state: {clip(_flat(event.job.state) or '—', MODE_CHARS)})"
-    return event.kind.value
+    if event.kind is EventKind.SUCCEEDED and event.job.rows_emitted == 0:
+        return "succeeded with 0 rows"
+    return LABELS.get(event.kind, event.kind.value)
 
 
 def _route(job: Job, *, code: bool) -> str:
@@ -235,9 +249,16 @@ def render_failure_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
     return _message(f"{emoji} {_route(job, code=False)} failed: {first}", blocks, chunks)
 
 
+def _emoji(event: JobEvent) -> str:
+    """The event's emoji; a success that emitted no rows is a warning, not a plain success."""
+    if event.kind is EventKind.SUCCEEDED and event.job.rows_emitted == 0:
+        return WARNING_EMOJI
+    return EMOJI[event.kind]
+
+
 def _compact(event: JobEvent, figures: list[str], when: str) -> AlertMessage:
     job = event.job
-    emoji = EMOJI[event.kind]
+    emoji = _emoji(event)
     label = kind_label(event)
     line = f"{emoji} *{label}* · {_route(job, code=True)}"
     if figures:
@@ -263,7 +284,11 @@ def _figures(job: Job) -> list[str]:
 
 
 def render_success_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
-    return _compact(event, _figures(event.job), f"finished {_date(event.job.finished_at)}")
+    """A success; one that emitted no rows is a warning (the sync may have read nothing)."""
+    figures = _figures(event.job)
+    if event.job.rows_emitted == 0:
+        figures.append("no rows: check the source")
+    return _compact(event, figures, f"finished {_date(event.job.finished_at)}")
 
 
 def render_cancelled_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
@@ -283,8 +308,56 @@ def render_started_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
     return _compact(event, figures, f"started {_date(job.started_at)}")
 
 
+def _running_for(event: JobEvent, now: datetime) -> str:
+    job = event.job
+    started = job.started_at or job.created_at
+    return _number(fmt_duration_ms(max(int((now - started).total_seconds() * 1000), 0)))
+
+
+def render_hung_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
+    """A job that is still active but stalled (no progress since `since`) or running long:
+    header, the job's figures, when it last moved, ids."""
+    job = event.job
+    emoji = EMOJI[event.kind]
+    said = "stalled" if event.kind is EventKind.STALLED else "is running long"
+    room = MAX_HEADER_TEXT - len(emoji) - len(said) - 2
+    header = f"{emoji} {clip(_flat(job.connector_id) or '—', room)} {said}"
+    since = event.since or job.updated_at
+    still = _number(fmt_duration_ms(max(int((now - since).total_seconds() * 1000), 0)))
+    fields = [
+        f"*Connector*\n{inline_code(job.connector_id, ID_CHARS)}",
+        f"*Destination table*\n{inline_code(job.dest_table, TABLE_CHARS)}",
+        f"*State*\n{clip(_flat(job.state) or '—', MODE_CHARS)}",
+        f"*Rows so far*\n{_number(fmt_count(job.rows_emitted))}",
+        f"*Running for*\n{_running_for(event, now)}",
+        f"*Started*\n{_date(job.started_at or job.created_at)}",
+    ]
+    if event.kind is EventKind.STALLED:
+        fields.append(f"*No progress for*\n{still} (since {_date(since)})")
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
+        SectionBlock(fields=[mrkdwn(f) for f in fields]),
+        _ids_context(event, f"detected {_date(event.detected_at)}"),
+    ]
+    text = f"{emoji} {_route(job, code=False)} {said}"
+    if event.kind is EventKind.STALLED:
+        text += f": no progress for {still}"
+    else:
+        text += f": running for {_running_for(event, now)}"
+    return _message(text, blocks)
+
+
+def render_progressing_alert(event: JobEvent, *, now: datetime) -> AlertMessage:
+    figures = [f"{_number(fmt_count(event.job.rows_emitted))} rows so far"]
+    figures.append(f"running for {_running_for(event, now)}")
+    return _compact(event, figures, f"moving again {_date(event.job.updated_at)}")
+
+
 RENDERERS = {
     EventKind.FAILED: render_failure_alert,
+    EventKind.STALLED: render_hung_alert,
+    EventKind.LONG_RUNNING: render_hung_alert,
+    EventKind.PROGRESSING: render_progressing_alert,
     EventKind.SUCCEEDED: render_success_alert,
     EventKind.CANCELLED: render_cancelled_alert,
     EventKind.FINISHED: render_finished_alert,
@@ -305,7 +378,7 @@ def _counts(events: Sequence[JobEvent]) -> list[tuple[EventKind, int]]:
 
 def _digest_line(event: JobEvent) -> str:
     job = event.job
-    line = f"{EMOJI[event.kind]} {_route(job, code=True)}"
+    line = f"{_emoji(event)} {_route(job, code=True)}"
     if event.kind is EventKind.FAILED:
         first = _first_line(job.message)
         return line + (f" · {inline_code(first, DIGEST_LINE_CHARS)}" if first else "")
@@ -317,10 +390,10 @@ def render_digest(
 ) -> AlertMessage:
     """Many events for one channel in one message: counts, failures first, "…and N more"."""
     counts = _counts(events)
-    summary = ", ".join(f"{n} {kind.value}" for kind, n in counts) or "nothing"
+    summary = ", ".join(f"{n} {LABELS.get(kind, kind.value)}" for kind, n in counts) or "nothing"
     total = f"{len(events)} job alert{'s' if len(events) != 1 else ''}"
     header = truncate(f":rotating_light: {total}: {summary}", MAX_HEADER_TEXT)
-    rich = " · ".join(f"{EMOJI[kind]} *{n} {kind.value}*" for kind, n in counts)
+    rich = " · ".join(f"{EMOJI[kind]} *{n} {LABELS.get(kind, kind.value)}*" for kind, n in counts)
     connectors = len({e.job.connector_id for e in events})
     rich += f" across {connectors} connector{'s' if connectors != 1 else ''}"
     blocks: list[Block] = [

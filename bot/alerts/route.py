@@ -2,7 +2,9 @@
 
 `route(event, subscriptions, mutes, now)`:
 - a subscription wants the event when its target matches the connector and its event set
-  holds the event's kind;
+  holds the event's kind; a success also reaches every channel whose matching subscriptions
+  want failures only, marked `recovery_only`: it closes the connector's open incident there
+  (the recovery replaces the success alert) and is dropped when none is open;
 - a channel gets an event once, however many of its subscriptions want it; the most
   specific of those decides the mention (an exact connector id, then patterns with more
   literal characters, then `all`), and the mention is rendered on failures only;
@@ -22,7 +24,7 @@ from typing import Protocol
 
 from bot.domain.delivery import Route
 from bot.domain.events import JobEvent
-from bot.domain.subscriptions import MENTION_KINDS, Mute, Subscription, Target
+from bot.domain.subscriptions import MENTION_KINDS, RECOVERY_KIND, Mute, Subscription, Target
 
 __all__ = ["MENTION_KINDS", "RouteSource", "Router", "distinct", "route", "static"]
 
@@ -71,11 +73,17 @@ def route(
     """The routes of `event`; see the module docstring."""
     connector, kind = event.job.connector_id, event.kind
     wanting: dict[str, list[int]] = {}
+    recovering: dict[str, list[int]] = {}  # want only the recovery of a success
     for index, sub in enumerate(subscriptions):
-        if sub.events.wants(kind) and sub.target.matches(connector):
+        if not sub.target.matches(connector):
+            continue
+        if sub.events.wants(kind):
             wanting.setdefault(sub.channel, []).append(index)
+        elif kind is RECOVERY_KIND:
+            recovering.setdefault(sub.channel, []).append(index)
     routes: list[Route] = []
-    for channel, indexes in wanting.items():
+    only = {ch: ix for ch, ix in recovering.items() if ch not in wanting}
+    for channel, indexes in [*wanting.items(), *only.items()]:
         best = _most_specific([(subscriptions[i].target, i) for i in indexes])
         assert best is not None  # `indexes` is never empty
         chosen = subscriptions[best]
@@ -91,6 +99,7 @@ def route(
                 channel=channel,
                 mention=mention,
                 muted=mutes[muted].target.value if muted is not None else "",
+                recovery_only=channel in only,
             )
         )
     return distinct(routes)

@@ -183,6 +183,13 @@ class Settings(TimbalSettings, StoreSettings):
     digest_threshold: int = Field(default=5, ge=1, le=1000)
     channel_min_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
 
+    # Incidents, hung jobs and the bot's own health
+    escalate_after_seconds: float = Field(default=900.0, ge=1.0, le=7 * 86400.0)
+    long_running_after_seconds: float = Field(default=7200.0, ge=0.0)  # 0: off
+    stall_after_seconds: float = Field(default=900.0, ge=0.0)  # 0: off
+    ops_channel: str | None = None  # unset: ALERT_CHANNEL
+    ops_alert_after_polls: int = Field(default=4, ge=1, le=1000)
+
     @field_validator("subscription_admins", mode="before")
     @classmethod
     def _split_admins(cls, value: Any) -> Any:
@@ -213,6 +220,11 @@ class Settings(TimbalSettings, StoreSettings):
             return self.replica_id
         name = re.sub(r"[^A-Za-z0-9_.:@-]", "-", socket.gethostname())[:100]
         return name or "timbal-jobs-bot"
+
+    @property
+    def effective_ops_channel(self) -> str | None:
+        """Where the bot's own health alerts go: OPS_CHANNEL, else ALERT_CHANNEL."""
+        return self.ops_channel or self.alert_channel
 
     @property
     def effective_slack_mode(self) -> SlackMode:

@@ -35,6 +35,7 @@ from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.poller import Poller
 from bot.alerts.routing import SubscriptionRoutes
 from bot.alerts.slack_errors import error_code
+from bot.alerts.watchdog import Thresholds
 from bot.app.config import Settings, SlackMode, StoreSettings, TimbalSettings
 from bot.app.health import Health
 from bot.app.metrics import Metrics
@@ -47,8 +48,10 @@ from bot.timbal import JobsSource, TimbalClient
 from handlers import register_handlers
 from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
+from storage.incidents import IncidentStore
 from storage.keys import Keys
 from storage.replicas import Identity, ReplicaIdInUse, Replicas
+from storage.status import StatusReader
 from storage.subscriptions import SubscriptionStore
 
 log = logging.getLogger(__name__)
@@ -182,12 +185,15 @@ class Runtime:
         self.slack = build_slack(settings)
         self.classifier = classifier_from(settings)
         self.subscriptions = SubscriptionStore(self.redis, self.keys)
+        self.incidents = IncidentStore(self.redis, self.keys)
         self.services = Services(
             settings=settings,
             timbal=self.timbal,
             classifier=self.classifier,
             metrics=self.metrics,
             subscriptions=self.subscriptions,
+            incidents=self.incidents,
+            status=StatusReader(self.redis, self.keys, self.replicas),
         )
         self.app = self._build_app() if commands else None
         self.poller = (
@@ -292,6 +298,9 @@ class Runtime:
                 pace=settings.channel_min_interval_seconds,
             ),
             policy=Policy(max_strikes=settings.delivery_max_attempts),
+            escalate_after=settings.escalate_after_seconds,
+            ops_channel=settings.effective_ops_channel,
+            thresholds=Thresholds(polls=settings.ops_alert_after_polls),
         )
         routes = SubscriptionRoutes(
             self.subscriptions, builtin=settings.builtin_subscription, clock=self.clock

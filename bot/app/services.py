@@ -9,6 +9,8 @@ from bot.app.metrics import Metrics
 from bot.domain.states import StateClassifier
 from bot.domain.subscriptions import Subscription
 from bot.timbal import JobsSource
+from storage.incidents import IncidentStore
+from storage.status import StatusReader
 from storage.subscriptions import SubscriptionStore
 
 
@@ -19,6 +21,8 @@ class Services:
     classifier: StateClassifier
     metrics: Metrics
     subscriptions: SubscriptionStore
+    incidents: IncidentStore
+    status: StatusReader
 
     @property
     def builtin(self) -> Subscription | None:

@@ -21,6 +21,9 @@ class EventKind(StrEnum):
     CANCELLED = "cancelled"
     FINISHED = "finished"  # terminal in a state none of the configured sets knows
     STARTED = "started"  # off by default (ALERT_ON_STARTED)
+    LONG_RUNNING = "long_running"  # still active past LONG_RUNNING_AFTER_SECONDS
+    STALLED = "stalled"  # active, but no progress for STALL_AFTER_SECONDS
+    PROGRESSING = "progressing"  # a stalled job that moves again
 
 
 TERMINAL_KIND: dict[StateClass, EventKind] = {
@@ -40,14 +43,17 @@ class JobEvent(BaseModel):
     kind: EventKind
     job: Job
     detected_at: Timestamp
+    since: Timestamp | None = None  # STALLED / PROGRESSING: when the job last made progress
 
     @property
     def event_id(self) -> str:
-        anchor: datetime | None = (
-            self.job.started_at or self.job.created_at
-            if self.kind is EventKind.STARTED
-            else self.job.finished_at
-        )
+        anchor: datetime | None
+        if self.kind in (EventKind.STARTED, EventKind.LONG_RUNNING):
+            anchor = self.job.started_at or self.job.created_at
+        elif self.kind in (EventKind.STALLED, EventKind.PROGRESSING):
+            anchor = self.since or self.job.updated_at
+        else:
+            anchor = self.job.finished_at
         # UTC, so the same instant sent with another offset is the same event.
         stamp = anchor.astimezone(UTC).isoformat() if anchor is not None else "-"
         return f"{self.org_id}:{self.job.id}:{self.kind.value}:{stamp}"

@@ -22,7 +22,7 @@ ALL = "all"
 
 
 class EventSet(StrEnum):
-    FAILURES = "failures"  # failed, cancelled (and what joins them: stalled, long-running)
+    FAILURES = "failures"  # failed, cancelled, hung (stalled, long-running), and recoveries
     FINISHED = "finished"  # every terminal event
     ALL = "all"  # finished, and started
 
@@ -30,9 +30,12 @@ class EventSet(StrEnum):
         return kind in EVENT_SETS[self]
 
 
-FAILURE_KINDS = frozenset({EventKind.FAILED, EventKind.CANCELLED})
-TERMINAL_KINDS = frozenset(
-    {EventKind.FAILED, EventKind.CANCELLED, EventKind.SUCCEEDED, EventKind.FINISHED}
+# A job that hangs is a failure nobody hears about: it is routed like one.
+HUNG_KINDS = frozenset({EventKind.STALLED, EventKind.LONG_RUNNING, EventKind.PROGRESSING})
+FAILURE_KINDS = frozenset({EventKind.FAILED, EventKind.CANCELLED}) | HUNG_KINDS
+TERMINAL_KINDS = (
+    frozenset({EventKind.FAILED, EventKind.CANCELLED, EventKind.SUCCEEDED, EventKind.FINISHED})
+    | HUNG_KINDS
 )
 EVENT_SETS: dict[EventSet, frozenset[EventKind]] = {
     EventSet.FAILURES: FAILURE_KINDS,
@@ -40,7 +43,10 @@ EVENT_SETS: dict[EventSet, frozenset[EventKind]] = {
     EventSet.ALL: TERMINAL_KINDS | {EventKind.STARTED},
 }
 # Alerts that page on-call: the mention is rendered on these only.
-MENTION_KINDS = frozenset({EventKind.FAILED})
+MENTION_KINDS = frozenset({EventKind.FAILED, EventKind.STALLED, EventKind.LONG_RUNNING})
+# A success closes an open incident: every set that wants failures receives it as the
+# incident's recovery, even when it does not want plain successes (`Route.recovery_only`).
+RECOVERY_KIND = EventKind.SUCCEEDED
 
 
 @lru_cache(maxsize=1024)

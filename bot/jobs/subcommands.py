@@ -5,6 +5,8 @@
     /jobs subscriptions [all]
     /jobs mute <connector|pattern|all> <duration>      (30m, 2h, 1d, 1h30m; at most 7 days)
     /jobs unmute <connector|pattern|all>
+    /jobs settings [threads on|off]
+    /jobs status
 
 Slack sends the text escaped (`should_escape: true`): a mention arrives as `<@U123|ana>`,
 `<!subteam^S123|@data-oncall>` or `<!here>`; the id is kept, and the label only for showing
@@ -36,9 +38,10 @@ USAGES = {
     "subscribe": (
         "`/jobs subscribe <connector|pattern|all> [failures|finished|all] "
         "[mention=<@user|@group|here>]` — send this channel the alerts of a connector "
-        "(`pg-orders`), a pattern (`pg-*`) or `all`; `failures` (the default) are failed and "
-        "cancelled runs, `finished` every run that ends, `all` adds runs that start. "
-        "The mention is pinged on failures. Subscribing again to the same target replaces it."
+        "(`pg-orders`), a pattern (`pg-*`) or `all`; `failures` (the default) are failed, "
+        "cancelled, stalled and long-running runs and their recoveries, `finished` every run "
+        "that ends, `all` adds runs that start. The mention is pinged when an incident opens. "
+        "Subscribing again to the same target replaces it."
     ),
     "unsubscribe": "`/jobs unsubscribe <connector|pattern|all>` — stop what `subscribe` started.",
     "subscriptions": (
@@ -51,6 +54,15 @@ USAGES = {
         "what was held back."
     ),
     "unmute": "`/jobs unmute <connector|pattern|all>` — end a mute now (its summary follows).",
+    "settings": (
+        "`/jobs settings` — this channel's settings; `/jobs settings threads off` posts every "
+        "failure of an open incident top-level instead of in its card's thread "
+        "(`threads on`, the default, puts them back in the thread)."
+    ),
+    "status": (
+        "`/jobs status` — the bot's own health: last poll, alerts waiting, dead letters, "
+        "paused delivery, who polls and delivers, open incidents."
+    ),
 }
 SUBCOMMANDS = frozenset(USAGES)
 
@@ -84,6 +96,16 @@ class Unmute:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelSettingsRequest:
+    threads: bool | None = None  # None: show the settings
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class SubcommandHelp:
     """`/jobs <subcommand> help`, or a mistake: the usage, after what was wrong if anything."""
 
@@ -91,7 +113,16 @@ class SubcommandHelp:
     problem: str = ""
 
 
-Subcommand = Subscribe | Unsubscribe | ListSubscriptions | MuteRequest | Unmute | SubcommandHelp
+Subcommand = (
+    Subscribe
+    | Unsubscribe
+    | ListSubscriptions
+    | MuteRequest
+    | Unmute
+    | ChannelSettingsRequest
+    | StatusRequest
+    | SubcommandHelp
+)
 
 
 def _quote(text: str, limit: int = 40) -> str:
@@ -168,6 +199,14 @@ def parse(text: str) -> Subcommand | None:
         if len(args) == 1 and args[0].lower() == "all":
             return ListSubscriptions(every_channel=True)
         return SubcommandHelp(name, f"Unexpected {_quote(' '.join(args))}.")
+    if name == "status":
+        return (
+            StatusRequest()
+            if not args
+            else SubcommandHelp(name, f"Unexpected {_quote(' '.join(args))}.")
+        )
+    if name == "settings":
+        return _settings(args)
     if name == "subscribe":
         return _subscribe(args)
     if name == "mute":
@@ -226,3 +265,11 @@ def _mute(args: list[str]) -> Subcommand:
     if isinstance(duration, str):
         return SubcommandHelp("mute", duration)
     return MuteRequest(target=target, duration=duration)
+
+
+def _settings(args: list[str]) -> Subcommand:
+    if not args:
+        return ChannelSettingsRequest()
+    if len(args) == 2 and args[0].lower() == "threads" and args[1].lower() in ("on", "off"):
+        return ChannelSettingsRequest(threads=args[1].lower() == "on")
+    return SubcommandHelp("settings", f"Unexpected {_quote(' '.join(args))}: try `threads off`.")

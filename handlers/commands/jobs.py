@@ -28,7 +28,7 @@ from bot.jobs.listing import (
     render_jobs_listing,
     render_usage,
 )
-from bot.jobs.query import HelpRequest, QueryError, parse_jobs_command
+from bot.jobs.query import HelpRequest, JobsQuery, QueryError, parse_jobs_command
 from bot.jobs.subcommands import parse as parse_subcommand
 from bot.redaction import Redactor, excerpt
 from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
@@ -77,6 +77,13 @@ async def answer(text: str, services: Services, now: datetime) -> tuple[str, Ren
         return "usage", render_usage()
     if isinstance(parsed, QueryError):
         return "usage", render_usage(parsed.message)
+    return await answer_query(parsed, services, now)
+
+
+async def answer_query(
+    parsed: JobsQuery, services: Services, now: datetime
+) -> tuple[str, RenderedMessage]:
+    """(metrics outcome, reply) for a parsed listing query (a card's Recent runs too)."""
     org_id = services.settings.timbal_org_id
     try:
         listing = await services.timbal.list_jobs_detailed(parsed.connector_id)

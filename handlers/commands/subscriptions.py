@@ -1,4 +1,5 @@
-"""`/jobs subscribe|unsubscribe|subscriptions|mute|unmute`: where a channel's alerts go, from Slack.
+"""`/jobs subscribe|unsubscribe|subscriptions|mute|unmute|settings|status`: where a channel's
+alerts go, from Slack (`settings` and `status` are answered by `handlers.commands.status`).
 
 Called by `handlers.commands.jobs` once the text parsed as a subcommand (`bot.jobs.subcommands`).
 Each answers ephemerally; a change also leaves a short visible note in the channel. Changes
@@ -22,9 +23,12 @@ from bot.app.services import Services
 from bot.domain.notices import MuteEnd
 from bot.domain.subscriptions import Mute, Subscription
 from bot.jobs.listing import RenderedMessage
+from bot.jobs.status_view import threads_note
 from bot.jobs.subcommands import (
+    ChannelSettingsRequest,
     ListSubscriptions,
     MuteRequest,
+    StatusRequest,
     Subcommand,
     SubcommandHelp,
     Subscribe,
@@ -46,6 +50,7 @@ from bot.jobs.subscription_views import (
     unmuted_note,
     unsubscribed_note,
 )
+from handlers.commands.status import answer_status, set_threads, show_settings
 from storage.subscriptions import Put
 
 log = logging.getLogger(__name__)
@@ -113,9 +118,18 @@ async def answer_subcommand(
             subs = sorted([services.builtin, *subs], key=lambda s: (s.channel, s.target.value))
         where = None if parsed.every_channel else channel
         return "ok", render_subscriptions(subs, table.mutes, channel=where, now=now)
+    if isinstance(parsed, StatusRequest):
+        return await answer_status(services, now)
+    if isinstance(parsed, ChannelSettingsRequest) and parsed.threads is None:
+        return await show_settings(services, channel)
     admins = services.settings.subscription_admins or frozenset()
     if admins and user_id not in admins:
         return "not_admin", render_not_admin(admins)
+    if isinstance(parsed, ChannelSettingsRequest):
+        assert parsed.threads is not None
+        result = await set_threads(services, channel, parsed.threads)
+        await _note(client, channel, threads_note(parsed.threads, user))
+        return result
     if isinstance(parsed, Subscribe):
         why = await cannot_post(client, channel)
         if why is not None:
