@@ -50,6 +50,11 @@ def _event_ids(message: dict[str, Any]) -> list[str]:
     return [str(e) for e in payload.get("events", [])]
 
 
+def _action_ids(message: dict[str, Any]) -> list[str]:
+    payload = (message.get("metadata") or {}).get("event_payload") or {}
+    return [str(a) for a in payload.get("actions", [])]
+
+
 @dataclass
 class Bot:
     """One replica: `python -m bot run` with its own REPLICA_ID, restarted under the same id."""
@@ -119,7 +124,14 @@ class Script:
             self.timbal.upsert(job_id, connector_id=f"conn-{i:02d}", state="queued")
 
     def delivered(self) -> Counter[str]:
-        return Counter(e for m in self.slack.posted(CHANNEL) for e in _event_ids(m))
+        """Events that reached the channel (a post, a card, a reply in an incident's thread)."""
+        return Counter(dict.fromkeys(e for m in self.slack.posted(CHANNEL) for e in _event_ids(m)))
+
+    def actions(self) -> Counter[str]:
+        """Every action posted, by id: each must be posted exactly once (an event of an open
+        incident is a card update and a reply in its thread, or a new card if the old one went
+        out in a digest: several actions, each once)."""
+        return Counter(a for m in self.slack.posted(CHANNEL) for a in _action_ids(m))
 
     def step(self, moves: int) -> None:
         seen = self.delivered()
@@ -260,10 +272,10 @@ async def test_two_replicas_killed_at_random_deliver_everything_once_in_order(
         await redis.aclose()
     got = script.delivered()
     logs = "".join((tmp_path / f"{b.name}.log").read_text()[-2000:] for b in bots)
-    duplicates = {e: n for e, n in got.items() if n > 1}
+    duplicates = {a: n for a, n in script.actions().items() if n > 1}
     assert not duplicates, f"posted twice: {duplicates}\n{logs}"
     assert set(got) == set(script.expected), f"missing {set(script.expected) - set(got)}\n{logs}"
-    order = [e for m in fake_slack.posted(CHANNEL) for e in _event_ids(m)]
+    order = list(dict.fromkeys(e for m in fake_slack.posted(CHANNEL) for e in _event_ids(m)))
     assert order == sorted(order, key=script.expected.__getitem__), "out of order"
     assert sum(b.kills for b in bots) >= 20 and len(script.expected) >= 200
     assert resumes, "no kill ever left a backlog behind"
@@ -327,7 +339,7 @@ async def test_a_restarted_replica_moves_its_backlog_within_5s_of_the_restart(
             await wait_until(drained, within=20, what="the backlog drained")
     finally:
         await bot.stop()
-    duplicates = {e: n for e, n in script.delivered().items() if n > 1}
+    duplicates = {a: n for a, n in script.actions().items() if n > 1}
     assert not duplicates
     print(f"\nrestart->next delivery: {', '.join(f'{m:.2f}s' for m in measured)}")
     assert max(measured) <= RESUME_TARGET
@@ -386,3 +398,103 @@ async def test_a_message_that_kills_the_process_every_time_is_quarantined(
     assert reasons == [("bot_error", "poison")]
     assert deaths == 3  # DELIVERY_MAX_ATTEMPTS attempts, each killed the process
     assert "never finished" in letters[0][1]["detail"]
+
+
+@pytest.mark.timeout(150)
+async def test_an_incident_keeps_its_card_across_kills_and_posts_nothing_twice(
+    bot_env: dict[str, str],
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    fake_timbal: FakeTimbal,
+    fake_slack: FakeSlack,
+    tmp_path: Path,
+) -> None:
+    """fail, fail, fail, succeed on one connector, with the bot SIGKILLed twice on the way:
+    once as its card update reaches Slack (before Slack applies it), once right after Slack
+    stored a reply in the card's thread (before the bot hears back). One card, updated each
+    time; two "failed again" replies and one recovery, each once; the card's thread intact."""
+    keys = Keys("tjb", fake_timbal.org_id)
+    env = bot_env_for(bot_env, redis_url, DIGEST_THRESHOLD="1000")
+    bot = Bot("pod-1", env, tmp_path / "pod-1.log")
+    t0 = datetime(2026, 12, 1, 14, 2, tzinfo=UTC)
+    fake_timbal.upsert("r1", connector_id="pg-orders", state="running")
+    kills: list[str] = []
+
+    def run(job: str, state: str, minutes: int) -> None:
+        at = t0 + timedelta(minutes=minutes)
+        fake_timbal.upsert(
+            job,
+            connector_id="pg-orders",
+            sync_id="sync-1",
+            state=state,
+            started_at=(at - timedelta(seconds=30)).isoformat(),
+            finished_at=at.isoformat(),
+            message="permission denied" if state == "failed" else None,
+            rows_emitted=0 if state == "failed" else 500,
+        )
+
+    def kill() -> None:
+        assert bot.proc is not None
+        os.kill(bot.proc.pid, signal.SIGKILL)
+
+    async def on_request(call: Call) -> None:
+        if call.method == "chat.update" and "update" not in kills:
+            kills.append("update")
+            kill()
+            raise web.HTTPServiceUnavailable()  # the bot died before Slack applied it
+
+    def on_post(call: Call) -> None:
+        if call.body.get("thread_ts") and "reply" not in kills:
+            kills.append("reply")
+            kill()  # Slack stored the reply; the bot never hears back
+
+    fake_slack.on_request = on_request
+    fake_slack.on_post = on_post
+
+    def top() -> list[dict[str, Any]]:
+        return [m for m in fake_slack.posted(CHANNEL) if not m["thread_ts"]]
+
+    async def keep_alive_until(predicate: Callable[[], bool], within: float = 40.0) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():  # a supervisor: restart the process whenever it dies
+            if bot.proc is not None and bot.proc.returncode is not None:
+                await bot.start()
+            assert time.monotonic() < deadline, f"not reached; kills so far: {kills}"
+            await asyncio.sleep(0.1)
+
+    try:
+        await bot.start()
+
+        async def baseline() -> bool:
+            return bool(await redis_client.exists(keys.baseline))
+
+        await wait_until(baseline, within=30, what="baseline")
+        run("r1", "failed", 0)
+        await keep_alive_until(lambda: len(top()) == 1)
+        card = top()[0]["ts"]
+
+        def replies() -> list[dict[str, Any]]:
+            return [m for m in fake_slack.posted(CHANNEL) if m["thread_ts"] == card]
+
+        def updates() -> int:
+            return len([u for u in fake_slack.updates if u["ts"] == card])
+
+        run("r2", "failed", 5)
+        await keep_alive_until(lambda: len(replies()) == 1 and updates() == 1)
+        run("r3", "failed", 10)
+        await keep_alive_until(lambda: len(replies()) == 2 and updates() == 2)
+        run("r4", "succeeded", 42)
+        await keep_alive_until(lambda: len(replies()) == 3 and updates() == 3)
+        polls = len(fake_timbal.requests)
+        await wait_until(lambda: len(fake_timbal.requests) >= polls + 3, within=30)
+    finally:
+        fake_slack.on_request = None
+        fake_slack.on_post = None
+        await bot.stop()
+    assert kills == ["update", "reply"]
+    assert len(top()) == 1  # one card, the same one throughout
+    texts = [m["text"] for m in replies()]
+    assert sum("failed again" in t for t in texts) == 2
+    assert sum("Recovered after 3 failures over 42m" in t for t in texts) == 1
+    actions = Counter(a for m in fake_slack.posted(CHANNEL) for a in _action_ids(m))
+    assert all(n == 1 for n in actions.values()), actions

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,67 +13,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app.config import Settings, load_settings
-from bot.app.runtime import Runtime
+from bot.app.config import load_settings
 from storage.keys import Keys
 from tests.fakes import FakeSlack, FakeTimbal
-from tests.slack_requests import post, slash_command
+from tests.runtime_helpers import Bot, Clock
 from tests.waiting import wait_until
 
 SIGNING_SECRET = "test-signing-secret"  # the bot_env fixture's
 PAY, DATA, QUIET = "C0PAY", "C0DATA", "C0QUIET"
 PAY_ONCALL = "<!subteam^S0PAYONCALL|@payments-oncall>"
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Bot:
-    """The running bot, restartable against the same Redis."""
-
-    settings: Settings
-    clock: Clock
-    http: httpx.AsyncClient
-    slack: FakeSlack
-    runtime: Runtime | None = None
-
-    async def start(self) -> None:
-        self.runtime = Runtime(self.settings, clock=self.clock)
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
-
-    async def command(
-        self, text: str, *, channel: str, user: str = "U0ANA", name: str = "ana"
-    ) -> dict[str, Any]:
-        """`/jobs text` from `channel`, as Slack sends it; the ephemeral reply."""
-        assert self.runtime is not None
-        rid = f"r{len(self.slack.calls_to('response_url'))}"
-        request = slash_command(
-            text=text,
-            response_url=self.slack.response_url(rid),
-            signing_secret=SIGNING_SECRET,
-            user_id=user,
-            user_name=name,
-            channel_id=channel,
-        )
-        ack = await post(self.http, self.runtime.base_url + "/slack/events", request)
-        assert ack.status_code == 200
-        await self.slack.wait_for(
-            lambda f: any(c.path.endswith(f"/{rid}") for c in f.calls_to("response_url"))
-        )
-        [answer] = [c for c in self.slack.calls_to("response_url") if c.path.endswith(f"/{rid}")]
-        assert answer.body["response_type"] == "ephemeral"
-        return answer.body
 
 
 def shown(body: dict[str, Any]) -> str:

@@ -65,13 +65,20 @@ def _times(n: int) -> str:
     return "once" if n == 1 else "twice" if n == 2 else f"{fmt_count(n)} times"
 
 
+def _failures(n: int) -> str:
+    return f"{fmt_count(n)} failure{'s' if n != 1 else ''}"
+
+
 def status_line(incident: Incident) -> str:
+    """ "Failed 3 times since 14:02; last: <message>" (a stall or a long run says so)."""
     last = _first_line(incident.last.job.message)
-    line = (
-        f":rotating_light: Failing since {date_token(incident.opened_at)} · "
-        f"{KIND_SAID.get(incident.last.kind, 'failed')} {_times(incident.failures)}"
-    )
-    return line + (f" · last: {clip(last, MESSAGE_CHARS)}" if last else "")
+    since = date_token(incident.opened_at)
+    if incident.last.kind is EventKind.FAILED:
+        head = f"Failed {_times(incident.failures)} since {since}"
+    else:
+        said = KIND_SAID.get(incident.last.kind, "failed")
+        head = f"{_failures(incident.failures)} since {since}, the last: {said}"
+    return f":rotating_light: {head}" + (f"; last: {clip(last, MESSAGE_CHARS)}" if last else "")
 
 
 def _buttons(incident: Incident) -> ActionsBlock:
@@ -124,7 +131,7 @@ def render_card(
             SectionBlock(
                 text=mrkdwn(
                     f":white_check_mark: *Recovered* {date_token(resolved_at)} after "
-                    f"{_times(incident.failures)} failing, over {took}"
+                    f"{_failures(incident.failures)} over {took}"
                 )
             )
         )
@@ -145,9 +152,7 @@ def render_card(
     blocks = blocks[:room] + [b.to_dict() for b in extra]
     text = body.text
     if resolved_at is not None:
-        text = (
-            f"✅ {clip(incident.connector, 80)} recovered after {_times(incident.failures)} failing"
-        )
+        text = f"✅ {clip(incident.connector, 80)} recovered after {_failures(incident.failures)}"
     return AlertMessage(text=truncate(text, 3000), blocks=blocks)
 
 
@@ -175,7 +180,7 @@ def render_recovered(incident: Incident, event: JobEvent) -> AlertMessage:
     took = _took(incident.opened_at, when)
     rows = f", {fmt_count(job.rows_emitted)} rows" if job.rows_emitted else ", but emitted no rows"
     return _one(
-        f":white_check_mark: Recovered after {_times(incident.failures)} failing over {took}: "
+        f":white_check_mark: Recovered after {_failures(incident.failures)} over {took}: "
         f"job {inline_code(job.id, 80)} succeeded {date_token(when)}{rows}."
     )
 

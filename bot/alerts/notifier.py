@@ -524,11 +524,16 @@ class Notifier:
         digestible replies to the head's thread (one digest reply in that thread)."""
         head = queue[0]
         if head.kind is ActionKind.REPLY and head.digestible:
-            replies = [
-                a
-                for a in queue
-                if a.kind is ActionKind.REPLY and a.digestible and a.target == head.target
-            ][: self.config.max_digest]
+            # Replies to one thread waiting in a row (updates of its card in between are
+            # passed over: only the last of them goes out), in the channel's order.
+            replies: list[Action] = []
+            for action in queue:
+                if action.target != head.target or len(replies) >= self.config.max_digest:
+                    break
+                if action.kind is ActionKind.REPLY and action.digestible:
+                    replies.append(action)
+                elif action.kind is not ActionKind.UPDATE:
+                    break
             return replies if len(replies) > self.config.digest_threshold else [head]
         if head.kind is not ActionKind.POST or not head.digestible:
             return [head]

@@ -101,12 +101,13 @@ class SlackSender:
         self, channel: str, ts: str, message: Message, meta: dict[str, Any], *, plain_text: bool
     ) -> str | SlackFailure:
         """chat.update of `ts`; setting the same content twice is harmless, so `decide()` makes
-        an update in doubt again instead of searching for it."""
+        an update in doubt again instead of searching for it. The message keeps the metadata
+        it was posted with (it names the post, which a later search may look for); `meta` is
+        for the new message when the update falls back to a post."""
+        del meta
         text = plain(message) if plain_text else message.text
         blocks = [] if plain_text else message.blocks  # [] clears blocks the card had
-        return await self._call(
-            "chat_update", channel=channel, ts=ts, text=text, blocks=blocks, metadata=meta
-        )
+        return await self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
 
     async def search(
         self,

@@ -1,12 +1,15 @@
-"""Build a slash-command request exactly as Slack sends it: a signed form post.
+"""Build slash-command and interactivity requests exactly as Slack sends them: signed form
+posts.
 
 Used by the demo's prompt and by the tests.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from slack_sdk.signature import SignatureVerifier
@@ -61,3 +64,52 @@ def sign(body: str, signing_secret: str, *, timestamp: int | None = None) -> Sig
             "X-Slack-Signature": signature,
         },
     )
+
+
+def block_actions_body(
+    *,
+    action_id: str,
+    block_id: str,
+    response_url: str,
+    channel_id: str,
+    message_ts: str,
+    value: str | None = None,
+    selected: str | None = None,
+    user_id: str = "U0USER",
+    user_name: str = "ada",
+    team_id: str = "T0TEST",
+) -> str:
+    """A click on a message's button (`value`) or static select (`selected`), as Slack posts
+    it to the interactivity URL: a form with one field, `payload`, holding the JSON."""
+    action: dict[str, Any] = {
+        "action_id": action_id,
+        "block_id": block_id,
+        "type": "static_select" if selected is not None else "button",
+        "action_ts": f"{time.time():.6f}",
+    }
+    if value is not None:
+        action["value"] = value
+    if selected is not None:
+        action["selected_option"] = {
+            "value": selected,
+            "text": {"type": "plain_text", "text": selected},
+        }
+    payload = {
+        "type": "block_actions",
+        "token": "deprecated-verification-token",
+        "api_app_id": "A0APP",
+        "team": {"id": team_id, "domain": "timbal-test"},
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": team_id},
+        "channel": {"id": channel_id, "name": channel_id.lower()},
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+            "is_ephemeral": False,
+        },
+        "message": {"type": "message", "ts": message_ts},
+        "trigger_id": "1234.5678.abcdef",
+        "response_url": response_url,
+        "actions": [action],
+    }
+    return urlencode({"payload": json.dumps(payload)})
