@@ -123,9 +123,7 @@ def fail(
 async def first_card(bot: Bot, fake_timbal: FakeTimbal, connector: str = "pg-orders") -> str:
     """A first failure of `connector`: its card's ts."""
     fail(fake_timbal, f"{connector}-r1", T0, connector=connector)
-    await bot.slack.wait_for(
-        lambda f: any(connector in shown(m) for m in cards(f)), within=15
-    )
+    await bot.slack.wait_for(lambda f: any(connector in shown(m) for m in cards(f)), within=15)
     [card] = [m for m in cards(bot.slack) if connector in shown(m)]
     return str(card["ts"])
 
