@@ -34,7 +34,8 @@ from bot.domain.subscriptions import EventSet, Mention, MentionKind, Subscriptio
 from bot.sim.console import format_slack_call
 from bot.sim.simulator import SimulatedOrg
 from bot.sim.slack_api import Call, FakeSlack
-from bot.sim.slash import sign, slash_command_body
+from bot.alerts.cards import ACK, BLOCK_PREFIX, MUTE, RUNS
+from bot.sim.slash import block_actions_body, sign, slash_command_body
 from bot.sim.timbal_api import FakeTimbal
 
 DEMO_KEY = "demo-timbal-key"
@@ -51,8 +52,13 @@ The simulated clock runs {speed:g}× faster than real time: a 10-minute job take
 seconds here, and every time shown is simulated time (it started at {start} UTC).
 Two channels get alerts, printed below as they happen: {channel} gets every run that ends
 (ALERT_CHANNEL), and {payments} subscribed to failures of stripe-*, pinging
-@payments-oncall. You type in {channel}: /jobs, /jobs <connector>, /jobs state=failed,
-/jobs subscriptions all, /jobs mute hubspot-crm 30m, /jobs help; Ctrl-D or Ctrl-C quits.
+@payments-oncall. A failure opens an incident: its alert is the incident's card, further
+failures go into the card's thread and update it, the next success closes it (watch
+stripe-payments: it fails, fails again, then recovers).
+You type in {channel}: /jobs, /jobs <connector>, /jobs state=failed, /jobs status,
+/jobs subscriptions all, /jobs mute hubspot-crm 30m, /jobs help; and, as if you clicked a
+card's buttons: ack <connector>, runs <connector>, mute-card <connector> 1h|4h|24h.
+Ctrl-D or Ctrl-C quits.
 Connectors: {connectors}
 """
 
@@ -122,6 +128,61 @@ async def _slash(runtime: Runtime, slack: FakeSlack, http: httpx.AsyncClient, li
         response_url=slack.response_url("demo"),
         channel_id=DEMO_CHANNEL,
         channel_name=DEMO_CHANNEL.lstrip("#"),
+    )
+    request = sign(body, DEMO_SIGNING_SECRET)
+    response = await http.post(
+        f"{runtime.base_url}/slack/events", content=request.body, headers=request.headers
+    )
+    if response.status_code != 200:
+        print(f"(the bot answered HTTP {response.status_code})", flush=True)
+
+
+CLICKS = {"ack": ACK, "runs": RUNS, "mute-card": MUTE}
+MUTE_CHOICES = {"1h": "3600", "4h": "14400", "24h": "86400"}
+
+
+def _card_of(slack: FakeSlack, connector: str) -> tuple[str, str, str] | None:
+    """(channel, ts, block id) of the newest open card of `connector` (it has buttons), in
+    the channel the user types in when it has one there."""
+    found: list[tuple[str, str, str]] = []
+    for message in reversed(slack.messages):
+        if message["thread_ts"] or connector not in str(message["text"]):
+            continue
+        for block in message.get("blocks") or []:
+            block_id = str(block.get("block_id") or "")
+            if block.get("type") == "actions" and block_id.startswith(BLOCK_PREFIX):
+                found.append((str(message["channel"]), str(message["ts"]), block_id))
+    here = [f for f in found if f[0] == DEMO_CHANNEL]
+    return (here or found)[0] if found else None
+
+
+async def _click(runtime: Runtime, slack: FakeSlack, http: httpx.AsyncClient, line: str) -> None:
+    """`ack <connector>` and the like: a click on that connector's card, signed as Slack does."""
+    word, *args = line.split()
+    if not args:
+        print(f"Say which connector: {word} <connector>.", flush=True)
+        return
+    found = _card_of(slack, args[0])
+    if found is None:
+        print(f"No open incident card of {args[0]!r} yet (it has not failed, or recovered).")
+        return
+    channel, ts, block_id = found
+    selected = None
+    if word == "mute-card":
+        selected = MUTE_CHOICES.get(args[1] if len(args) > 1 else "", "")
+        if not selected:
+            print("Say for how long: mute-card <connector> 1h|4h|24h.", flush=True)
+            return
+    body = block_actions_body(
+        action_id=CLICKS[word],
+        block_id=block_id,
+        response_url=slack.response_url("demo"),
+        channel_id=channel,
+        message_ts=ts,
+        value=block_id.removeprefix(BLOCK_PREFIX) if selected is None else None,
+        selected=selected,
+        user_id="U0YOU",
+        user_name="you",
     )
     request = sign(body, DEMO_SIGNING_SECRET)
     response = await http.post(
@@ -238,10 +299,12 @@ async def _prompt_loop(
                 return
             if line.startswith("/jobs"):
                 await _slash(runtime, slack, http, line)
+            elif line and line.split(maxsplit=1)[0] in CLICKS:
+                await _click(runtime, slack, http, line)
             elif line in ("quit", "exit"):
                 return
             elif line:
-                print("Try /jobs, /jobs <connector> or /jobs help.", flush=True)
+                print("Try /jobs, /jobs <connector>, /jobs help or ack <connector>.", flush=True)
             if not tty:  # prompt_toolkit draws its own prompt
                 print("> ", end="", flush=True)
     finally:

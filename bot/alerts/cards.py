@@ -70,7 +70,8 @@ def _failures(n: int) -> str:
 
 
 def status_line(incident: Incident) -> str:
-    """ "Failed 3 times since 14:02; last: <message>" (a stall or a long run says so)."""
+    """ "Failed once since 14:02", "Failed 3 times since 14:02; last: <message>" (a stall or a
+    long run says so)."""
     last = _first_line(incident.last.job.message)
     since = date_token(incident.opened_at)
     if incident.last.kind is EventKind.FAILED:
@@ -78,7 +79,10 @@ def status_line(incident: Incident) -> str:
     else:
         said = KIND_SAID.get(incident.last.kind, "failed")
         head = f"{_failures(incident.failures)} since {since}, the last: {said}"
-    return f":rotating_light: {head}" + (f"; last: {clip(last, MESSAGE_CHARS)}" if last else "")
+    # The card's body shows the last failure whole; after the first, the status says it too.
+    if incident.failures > 1 and last:
+        head += f"; last: {clip(last, MESSAGE_CHARS)}"
+    return f":rotating_light: {head}"
 
 
 def _buttons(incident: Incident) -> ActionsBlock:

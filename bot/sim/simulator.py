@@ -50,6 +50,7 @@ class Connector:
     failures: tuple[FailureKind, ...]
     cancel_rate: float = 0.03
     opening: str | None = None  # "succeeded", "failed", "cancelled"; None: drawn as usual
+    then: tuple[str, ...] = ()  # the outcomes of the runs after the opening, before the draws
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +66,10 @@ class Connector:
             problems.append("a connector that can fail needs failure kinds")
         if self.opening not in (None, "succeeded", "failed", "cancelled"):
             problems.append(f"opening must be succeeded, failed or cancelled, not {self.opening!r}")
+        if any(o not in ("succeeded", "failed", "cancelled") for o in self.then):
+            problems.append("then holds succeeded, failed or cancelled outcomes only")
+        if not self.failures and "failed" in self.then:
+            problems.append("a connector that can fail needs failure kinds")
         if problems:
             raise ValueError(f"connector {self.id!r}: " + "; ".join(problems))
 
@@ -74,9 +79,10 @@ DEFAULT_CONNECTORS: tuple[Connector, ...] = (
         "postgres-orders", "kb_sales", "public.orders", 15 * 60, (90, 300), (800, 2500),
         0.2, failures.POSTGRES, opening="succeeded",
     ),
+    # An incident the demo tells whole: fails, fails again (into the card's thread), recovers.
     Connector(
-        "stripe-payments", "kb_finance", "stripe.charges", 30 * 60, (120, 420), (40, 120),
-        0.3, failures.STRIPE, opening="failed",
+        "stripe-payments", "kb_finance", "stripe.charges", 10 * 60, (60, 150), (40, 120),
+        0.3, failures.STRIPE, opening="failed", then=("failed", "succeeded"),
     ),
     Connector(
         "hubspot-crm", "kb_sales", "hubspot.contacts", 20 * 60, (60, 240), (100, 300),
@@ -118,6 +124,7 @@ class _Plan:
     connector: Connector
     rng: random.Random
     runs: list[Run] = field(default_factory=list)
+    scripted: int = 0  # outcomes of `Connector.then` used so far
 
 
 class SimulatedOrg:
@@ -212,18 +219,23 @@ class SimulatedOrg:
     def _next_run(self, plan: _Plan, after: Run) -> Run:
         c, rng = plan.connector, plan.rng
         created = max(after.created + c.every * rng.uniform(0.9, 1.1), after.ended + 10)
-        run = self._plan_run(plan, created, limit=None)
+        forced = None
+        if plan.scripted < len(c.then):
+            forced, plan.scripted = c.then[plan.scripted], plan.scripted + 1
+        run = self._plan_run(plan, created, limit=None, outcome=forced)
         assert run is not None  # no limit: always a run
         return run
 
-    def _plan_run(self, plan: _Plan, created: float, limit: float | None) -> Run | None:
+    def _plan_run(
+        self, plan: _Plan, created: float, limit: float | None, outcome: str | None = None
+    ) -> Run | None:
         """A run created at `created`; None when it could not end before `limit`."""
         c, rng = plan.connector, plan.rng
         mode = "full_refresh" if rng.random() < 0.12 else "incremental"
         planned = rng.uniform(*c.run_seconds) * (3 if mode == "full_refresh" else 1)
         start = created + rng.uniform(3, 45)
         started: float | None = start
-        outcome = self._draw_outcome(rng, c)
+        outcome = outcome or self._draw_outcome(rng, c)
         kind: FailureKind | None = None
         if outcome == "failed":
             kind = rng.choice(c.failures)
