@@ -27,6 +27,7 @@ import httpx
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
+from bot.alerts.cards import ACK, BLOCK_PREFIX, MUTE, RUNS
 from bot.app.config import SettingsError, load_settings
 from bot.app.logs import setup_logging
 from bot.app.runtime import Runtime
@@ -34,7 +35,6 @@ from bot.domain.subscriptions import EventSet, Mention, MentionKind, Subscriptio
 from bot.sim.console import format_slack_call
 from bot.sim.simulator import SimulatedOrg
 from bot.sim.slack_api import Call, FakeSlack
-from bot.alerts.cards import ACK, BLOCK_PREFIX, MUTE, RUNS
 from bot.sim.slash import block_actions_body, sign, slash_command_body
 from bot.sim.timbal_api import FakeTimbal
 

@@ -13,7 +13,13 @@ import pytest
 from bot.domain.models import Job
 from bot.domain.states import StateClass, StateClassifier
 from bot.sim import failures
-from bot.sim.simulator import DEFAULT_CONNECTORS, Connector, SimulatedOrg
+from bot.sim.simulator import (
+    DEFAULT_CONNECTORS,
+    MEASURABLE_AFTER,
+    PROGRESS_EVERY,
+    Connector,
+    SimulatedOrg,
+)
 from bot.sim.timbal_api import FakeTimbal
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -121,7 +127,10 @@ def test_rows_per_sec_is_null_until_measurable_then_plausible() -> None:
     rates = [
         [j.rows_per_sec for j in jobs if j.state == "running"]
         for jobs in seen.values()
-        if jobs[0].state == "queued" and jobs[-1].state != "queued"
+        if jobs[0].state == "queued"
+        and jobs[-1].state != "queued"
+        # long enough to be measured (a run may fail a second after it started)
+        and (jobs[-1].duration_ms or 0) >= 2 * (MEASURABLE_AFTER + PROGRESS_EVERY) * 1000
     ]
     assert rates, "no run seen from its start"
     for series in rates:

@@ -120,6 +120,7 @@ class _Attempt:
     tokens: Tokens
     facts: Facts
     timeout: asyncio.Timeout
+    parent_ts: str = ""  # the ts of the message the head replies under or updates
     sending: bool = False
     plain_text_tried: bool = False
     found: dict[str, str] = field(default_factory=dict)
@@ -178,8 +179,8 @@ class ChannelDelivery:
         run: _Attempt | None = None
         try:
             async with asyncio.timeout(self.timing.deadline) as timeout:
-                facts = await self._facts(channel, unit, reply)
-                run = _Attempt(channel, unit, claims, tokens, facts, timeout)
+                facts, parent_ts = await self._facts(channel, unit, reply)
+                run = _Attempt(channel, unit, claims, tokens, facts, timeout, parent_ts)
                 return await self._act(run, decide(facts, self.policy))
         except TimeoutError:
             await self._release(tokens, self._interrupted(run))
@@ -227,7 +228,11 @@ class ChannelDelivery:
     def _interrupted(run: _Attempt | None) -> Release:
         return Release.INTERRUPTED if run is not None and run.sending else Release.UNUSED
 
-    async def _facts(self, channel: str, unit: Sequence[Action], reply: ClaimReply) -> Facts:
+    async def _facts(
+        self, channel: str, unit: Sequence[Action], reply: ClaimReply
+    ) -> tuple[Facts, str]:
+        """What `decide()` needs, and the ts of the head's parent message (resolved once, so
+        an entry acknowledged meanwhile cannot take it from under the call)."""
         gates, claims = reply.gates, reply.claims.values()
         mine = {a: c.record for a, c in reply.claims.items() if c.status is ClaimStatus.CLAIMED}
         held = [c.record for c in claims if c.status is ClaimStatus.HELD]
@@ -235,7 +240,8 @@ class ChannelDelivery:
         interrupted = any(r.interrupted for r in mine.values() if r.doubt)
         refused, until = self.refused.get(channel, ("", 0.0))
         head = unit[0]
-        return Facts(
+        parent, parent_ts = await self._parent(head)
+        facts = Facts(
             now=gates.now,
             done=any(c.status is ClaimStatus.DONE for c in claims),
             held_until=max((r.lease_until for r in held), default=0),
@@ -246,29 +252,31 @@ class ChannelDelivery:
             pause_left=gates.pause_left,
             pace_left=gates.pace_left,
             channel_refused=refused if until > asyncio.get_running_loop().time() else "",
-            parent=await self._parent(unit[0]),
+            parent=parent,
             channel_failures=self.failures.get(channel, 0),
             jitter=random.random(),
             fallback=head.fallback,
             idempotent=head.kind is ActionKind.UPDATE and not head.fallback,
         )
+        return facts, parent_ts
 
-    async def _parent(self, action: Action) -> Parent:
-        if action.target is None:
-            return Parent.NONE
-        if action.target in self.digested or action.target in self.unthreadable:
-            return Parent.GONE
-        if action.target in self.sent_ts:
-            return Parent.SENT
-        record = (await self._records.read([action.target])).get(action.target)
+    async def _parent(self, action: Action) -> tuple[Parent, str]:
+        target = action.target
+        if target is None:
+            return Parent.NONE, ""
+        if target in self.digested or target in self.unthreadable:
+            return Parent.GONE, ""
+        if target in self.sent_ts:
+            return Parent.SENT, self.sent_ts[target]
+        record = (await self._records.read([target])).get(target)
         if record is None and action.fallback:  # an older entry's message, record pruned
-            return Parent.GONE
+            return Parent.GONE, ""
         if record is None or not record.final:
-            return Parent.PENDING
-        self._remember(action.target, record)
+            return Parent.PENDING, ""
+        self._remember(target, record)
         if record.state is RecordState.SENT and record.ts and record.reason != DIGEST:
-            return Parent.SENT
-        return Parent.GONE
+            return Parent.SENT, record.ts
+        return Parent.GONE, ""
 
     # --- verdicts ---------------------------------------------------------------------------
     async def _act(self, run: _Attempt, verdict: Verdict) -> Outcome:
@@ -343,10 +351,11 @@ class ChannelDelivery:
         await self._release(run.tokens, release, keep_strike=keep)
         return Later(seconds, verdict.reason.value)
 
-    def _places(self, head: Action) -> list[str | None]:
+    @staticmethod
+    def _places(head: Action, parent_ts: str) -> list[str | None]:
         """Where an action's message would be: its thread (a reply), the channel (a post, an
         update's repost), or both (a reply that may have fallen back to a top-level post)."""
-        thread = self.sent_ts.get(head.target) if head.target else None
+        thread = parent_ts or None
         if head.kind is ActionKind.REPLY and thread is not None:
             return [thread, None] if head.fallback else [thread]
         return [None]
@@ -361,7 +370,7 @@ class ChannelDelivery:
         head = run.unit[0]
         # The doubtful call began at doubt_since and could reach Slack a Slack timeout later.
         latest = run.facts.doubt_since + self.policy.settle_ms + self.policy.history_margin_ms
-        for place in self._places(head):
+        for place in self._places(head, run.parent_ts):
             cursor: str | None = None
             while True:
                 page = await self._sender.search(
@@ -514,7 +523,7 @@ class ChannelDelivery:
         head = run.unit[0]
         if head.kind is ActionKind.POST or repost:
             return await self._sender.post(run.channel, message, meta, plain_text=plain_text)
-        target = self.sent_ts.get(head.target or "", "")
+        target = run.parent_ts
         if head.kind is ActionKind.REPLY:
             return await self._sender.post(
                 run.channel, message, meta, thread_ts=target, plain_text=plain_text
