@@ -206,7 +206,7 @@ async def test_invalid_blocks_get_one_plain_text_retry(
     [message] = fake_slack.posted(CH)
     # The failure's card, as text: the alert, then the incident's status line (no buttons).
     assert message["text"].startswith(render_plain(render_alert(e, now=T0)))
-    assert "Failing since" in message["text"] and "Acknowledge" not in message["text"]
+    assert "Failed once since" in message["text"] and "Acknowledge" not in message["text"]
     assert "&lt;!here&gt; &amp; stuff" in message["text"]
     assert event_ids(message) == [e.event_id]  # still findable after a crash
     assert counter(metrics, "tjb_messages_total", outcome="plain_text_fallback") == 1
