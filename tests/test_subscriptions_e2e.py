@@ -129,7 +129,7 @@ async def test_two_channels_two_subscriptions_a_mute_and_its_summary_across_a_re
     assert events_in(in_threads(fake_slack, DATA)[0]) == [muted]
     thread = in_threads(fake_slack, DATA)[0]["thread_ts"]
     [card] = [m for m in alerts(fake_slack, DATA) if m["ts"] == thread]  # the first failure's
-    assert "failed twice" in shown(card)  # updated in place
+    assert "Failed twice since" in shown(card)  # updated in place
 
     await bot.stop()  # a restart while muted changes nothing either
     await bot.start()
