@@ -1,217 +1,284 @@
-"""Benchmarks. Each prints a figure and its ratio to a baseline measured in the same run.
+"""`make bench`: every figure of issue 11, measured in one run, printed as one table and
+written to `bench/results/latest.json`.
 
-- diff:     bot.alerts.diff.diff over N jobs   vs  the floor: classifying the same N jobs
-- commit:   one poll cycle's storage work (load + diff + commit) on a real redis-server,
-            100 vs 10,000 jobs: time and Redis commands per cycle (must not grow with jobs)
-- render:   the /jobs reply for 1,000 jobs  vs  json-serialising the 10 jobs it shows
-- ack:      /jobs ack latency over HTTP with a Timbal that takes 2 s  vs  GET /healthz
+    python -m bench            # the full run (a few minutes on 2 cores)
+    python -m bench --tiny     # each scenario once at a tiny size (what `make test` runs)
+
+Scenarios (each module says what it measures and against what):
+
+- bench.cycle      the poll cycle ÷ its floor (the same fetch and parse, nothing else) at
+                   1,000 / 10,000 / 50,000 jobs with 1 % changing; the naive per-job GET/SET
+                   baseline; Redis round trips per cycle; Redis bytes per tracked job
+- bench.rss        the poller's peak RSS at 1,000 and 50,000 jobs, in processes of their own
+- bench.jobs_load  200 concurrent signed /jobs across 3 connectors: ack and reply
+                   percentiles, upstream calls
+- bench.alerts     alert latency at 100 and 10,000 jobs; takeover after a SIGKILL
+
+Every figure is a median over repeated runs (percentiles are per run, then the median).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import statistics
+import os
+import platform
+import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import httpx
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-
-from bot.alerts.diff import diff
-from bot.app.config import load_settings
-from bot.app.runtime import running
-from bot.domain.models import Job
-from bot.domain.states import StateClassifier
-from bot.jobs.listing import render_jobs_listing
-from bot.jobs.query import JobsQuery
-from bot.sim.slack_api import FakeSlack
-from bot.sim.slash import sign, slash_command_body
-from bot.sim.timbal_api import FakeTimbal, make_job
-from storage.keys import Keys
-from storage.outbox import Outbox
-from storage.snapshots import SnapshotStore
+from bench import alerts, cycle, jobs_load
+from bench.procs import listing_server
+from bench.stats import Row, Table
 from tests.redis_server import RedisServer, RedisUnavailable
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-CLASSIFIER = StateClassifier()
-STATES = ["running", "queued", "succeeded", "failed", "cancelled"]
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def jobs(n: int, *, flip: int = 0) -> list[Job]:
-    out = []
-    for i in range(n):
-        state = STATES[i % len(STATES)]
-        if i < flip:
-            state = "failed"
-        finished = (NOW - timedelta(minutes=1)).isoformat() if state not in STATES[:2] else None
-        out.append(
-            Job.model_validate(
-                make_job(
-                    f"job{i:06d}",
-                    connector_id=f"conn-{i % 40}",
-                    state=state,
-                    finished_at=finished,
-                    created_at=(NOW - timedelta(seconds=i)).isoformat(),
-                    rows_emitted=i * 10,
-                    message="boom " * 40 if state == "failed" else None,
+@dataclass(frozen=True)
+class Plan:
+    """How much of each scenario to run."""
+
+    sizes: tuple[int, ...]
+    rounds: dict[int, int]
+    naive: dict[int, int]
+    rss_sizes: tuple[int, int]
+    bursts: int
+    burst: int
+    latency: tuple[tuple[int, int], ...]  # (jobs, samples)
+    kills: int
+
+
+FULL = Plan(
+    sizes=(1_000, 10_000, 50_000),
+    rounds={1_000: 9, 10_000: 7, 50_000: 5},
+    naive={1_000: 3, 10_000: 1},
+    rss_sizes=(1_000, 50_000),
+    bursts=3,
+    burst=200,
+    latency=((100, 20), (10_000, 12)),
+    kills=5,
+)
+TINY = Plan(
+    sizes=(200,),
+    rounds={200: 1},
+    naive={200: 1},
+    rss_sizes=(100, 200),
+    bursts=1,
+    burst=12,
+    latency=((20, 1),),
+    kills=1,
+)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores (nproc), {cpu}, {platform.system()} {platform.release()}"
+
+
+async def rss_kb(jobs: int, redis_url: str) -> int:
+    async with listing_server(jobs) as timbal_url:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.rss",
+            "--jobs",
+            str(jobs),
+            "--timbal",
+            timbal_url,
+            "--redis",
+            redis_url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.rss failed at {jobs} jobs")
+    return int(out.decode().split()[-1])
+
+
+async def run(plan: Plan, table: Table, redis_url: str) -> None:
+    figures: dict[int, cycle.CycleFigures] = {}
+    for jobs in plan.sizes:
+        f = await cycle.measure(
+            jobs, redis_url, rounds=plan.rounds[jobs], naive_rounds=plan.naive.get(jobs, 0)
+        )
+        figures[jobs] = f
+        table.details[f"cycle_{jobs}"] = f.__dict__ | {"ratio": f.ratio}
+    for jobs, f in figures.items():
+        gated = jobs >= 10_000
+        table.add(
+            Row(
+                f"cycle ÷ floor, {jobs:,} jobs, 1 % changing",
+                f.ratio,
+                "x",
+                "<= 1.5" if gated else "",
+                f.ratio <= 1.5 if gated else None,
+                f"cycle {f.cycle_ms:.0f} ms, floor {f.floor_ms:.0f} ms, "
+                f"{f.listing_bytes / 1e6:.1f} MB listing, {f.events_per_cycle:.0f} alerts",
+            )
+        )
+    for jobs, f in figures.items():
+        if f.naive_ms is not None:
+            gated = jobs == 10_000
+            speedup = f.naive_ms / f.cycle_ms
+            table.add(
+                Row(
+                    f"naive per-job GET/SET ÷ cycle, {jobs:,} jobs",
+                    speedup,
+                    "x",
+                    ">= 10" if gated else "",
+                    speedup >= 10 if gated else None,
+                    f"naive {f.naive_ms:.0f} ms",
                 )
             )
-        )
-    return out
-
-
-def best_ms(fn: Callable[[], object], repeat: int = 7) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return min(times)
-
-
-def line(name: str, value: float, unit: str, base: float, base_name: str) -> None:
-    ratio = value / base if base else float("inf")
-    print(
-        f"{name:<34} {value:>10.2f} {unit:<4}  baseline {base_name} {base:.2f} {unit}  x{ratio:.1f}"
-    )
-
-
-class RoundTrips:
-    """Counts requests sent to Redis (a pipeline or a script is one) while active."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._original = AbstractConnection.send_packed_command
-
-    def __enter__(self) -> RoundTrips:
-        original = self._original
-
-        async def counting(
-            conn: AbstractConnection, command: Any, check_health: bool = True
-        ) -> None:
-            self.count += 1
-            await original(conn, command, check_health)
-
-        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign,assignment]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
-
-
-def bench_diff() -> None:
-    for n in (1_000, 10_000):
-        listing = jobs(n)
-        previous = diff(None, listing, NOW, org_id="o", classifier=CLASSIFIER).upserts
-        changed = jobs(n, flip=n // 100)
-        ms = best_ms(
-            lambda: diff(previous, changed, NOW, org_id="o", classifier=CLASSIFIER)  # noqa: B023
-        )
-        floor = best_ms(lambda: [CLASSIFIER.classify(j) for j in changed])  # noqa: B023
-        line(f"diff {n:,} jobs (1% changed)", ms, "ms", floor, "classify-only")
-
-
-async def bench_commit(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    figures = {}
-    for n in (100, 10_000):
-        await client.flushall()
-        keys = Keys("bench", f"org{n}")
-        store, outbox = SnapshotStore(client, keys), Outbox(client, keys)
-        await outbox.commit(diff(None, jobs(n), NOW, org_id="o", classifier=CLASSIFIER), NOW)
-        changed = jobs(n, flip=n // 100)
-        with RoundTrips() as trips:
-            start = time.perf_counter()
-            previous = await store.load()
-            result = diff(previous, changed, NOW, org_id="o", classifier=CLASSIFIER)
-            await outbox.commit(result, NOW)
-            ms = (time.perf_counter() - start) * 1000
-        figures[n] = (ms, trips.count)
-        print(f"poll storage work, {n:>6,} jobs      {ms:>10.2f} ms    round trips: {trips.count}")
-    await client.aclose()
-    ms_small, cmd_small = figures[100]
-    ms_big, cmd_big = figures[10_000]
-    print(
-        f"  10,000 vs 100 jobs: time x{ms_big / ms_small:.1f}, "
-        f"round trips x{cmd_big / max(cmd_small, 1):.1f} (must stay x1.0)"
-    )
-
-
-def bench_render() -> None:
-    listing = jobs(1_000)
-    query = JobsQuery()
-    ms = best_ms(
-        lambda: render_jobs_listing(
-            listing, query=query, classifier=CLASSIFIER, now=NOW, org_id="o"
+    trips = {jobs: f.round_trips for jobs, f in figures.items()}
+    constant = len(set(trips.values())) == 1
+    table.add(
+        Row(
+            "Redis round trips per cycle (max over runs)",
+            max(trips.values()),
+            "",
+            "<= 4, = N",
+            constant and max(trips.values()) <= 4,
+            ", ".join(f"{n:,}: {t}" for n, t in trips.items()),
         )
     )
-    shown = sorted(listing, key=lambda j: j.created_at, reverse=True)[: query.limit]
-    floor = best_ms(lambda: json.dumps([j.model_dump(mode="json") for j in shown]))
-    line("render /jobs reply (1,000 jobs)", ms, "ms", floor, "json-dump-10")
-
-
-async def bench_ack(redis_url: str) -> None:
-    slack = await FakeSlack().start()
-    timbal = await FakeTimbal(delay=2.0).start()
-    timbal.jobs = [make_job(f"j{i}") for i in range(50)]
-    settings = load_settings(
-        timbal_api_url=timbal.base_url,
-        timbal_api_key=timbal.api_key,
-        timbal_org_id=timbal.org_id,
-        slack_bot_token=slack.bot_token,
-        slack_signing_secret="bench-secret",
-        slack_app_token=None,
-        slack_mode="http",
-        slack_api_url=slack.base_url,
-        host="127.0.0.1",
-        port=0,
-        redis_url=redis_url,
-        log_level="WARNING",
+    biggest = max(figures)
+    per_job = figures[biggest].bytes_per_job
+    gated = biggest >= 50_000
+    table.add(
+        Row(
+            f"Redis bytes per tracked job, {biggest:,} jobs",
+            per_job,
+            "B",
+            "<= 120" if gated else "",
+            per_job <= 120 if gated else None,
+            "INFO memory used_memory after the baseline, less before, ÷ N",
+        )
     )
-    acks: list[float] = []
-    health: list[float] = []
-    async with running(settings, poller=False, notifier=False) as rt, httpx.AsyncClient() as http:
-        for i in range(30):
-            body = slash_command_body(text="", response_url=slack.response_url(f"b{i}"))
-            req = sign(body, "bench-secret")
-            start = time.perf_counter()
-            res = await http.post(
-                f"{rt.base_url}/slack/events", content=req.body, headers=req.headers
+
+    small, large = plan.rss_sizes
+    peak_small, peak_large = await rss_kb(small, redis_url), await rss_kb(large, redis_url)
+    growth = (peak_large - peak_small) / 1024
+    gated = large >= 50_000
+    table.add(Row(f"peak RSS of a poller, {large:,} jobs", peak_large / 1024, "MB"))
+    table.add(
+        Row(
+            f"peak RSS growth {small:,} -> {large:,} jobs",
+            growth,
+            "MB",
+            "< 60" if gated else "",
+            growth < 60 if gated else None,
+            f"{peak_small / 1024:.0f} MB at {small:,}",
+        )
+    )
+
+    load = await jobs_load.measure(redis_url, bursts=plan.bursts, size=plan.burst)
+    table.details["jobs_load"] = load.__dict__
+    gated = plan.burst >= 200
+    table.add(
+        Row(
+            f"/jobs ack p99, {load.requests} concurrent",
+            load.ack_p99_ms,
+            "ms",
+            "<= 100" if gated else "",
+            load.ack_p99_ms <= 100 if gated else None,
+            f"p50 {load.ack_p50_ms:.0f} ms",
+        )
+    )
+    budget = load.timbal_ms + 100
+    table.add(
+        Row(
+            f"/jobs reply p99, Timbal takes {load.timbal_ms:.0f} ms",
+            load.reply_p99_ms,
+            "ms",
+            f"<= {budget:.0f}" if gated else "",
+            load.reply_p99_ms <= budget if gated else None,
+            f"p50 {load.reply_p50_ms:.0f} ms",
+        )
+    )
+    table.add(
+        Row(
+            f"/jobs upstream calls per burst of {load.requests}, 3 connectors",
+            load.upstream_calls,
+            "",
+            "<= 6" if gated else "",
+            load.upstream_calls <= 6 if gated else None,
+            "each burst cold (after JOBS_CACHE_SECONDS)",
+        )
+    )
+
+    for jobs, samples in plan.latency:
+        lat = await alerts.latency(redis_url, jobs=jobs, samples=samples)
+        table.details[f"alert_latency_{jobs}"] = lat.__dict__
+        target = {100: 1500.0, 10_000: 2000.0}.get(jobs)
+        table.add(
+            Row(
+                f"alert latency p99, {jobs:,} jobs, POLL_INTERVAL_SECONDS=1",
+                lat.p99_ms,
+                "ms",
+                f"<= {target:.0f}" if target else "",
+                lat.p99_ms <= target if target else None,
+                f"p50 {lat.p50_ms:.0f} ms, {samples} changes",
             )
-            acks.append((time.perf_counter() - start) * 1000)
-            assert res.status_code == 200, res.text
-            start = time.perf_counter()
-            await http.get(f"{rt.base_url}/healthz")
-            health.append((time.perf_counter() - start) * 1000)
-        await slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 30, within=30)
-    await slack.stop()
-    await timbal.stop()
-    p50, p95 = statistics.median(acks), sorted(acks)[int(len(acks) * 0.95) - 1]
-    line("/jobs ack p50 (Timbal takes 2 s)", p50, "ms", statistics.median(health), "healthz-p50")
-    line("/jobs ack p95 (Timbal takes 2 s)", p95, "ms", statistics.median(health), "healthz-p50")
-    print(f"  replies delivered after the ack: {len(slack.calls_to('response_url'))}/30")
+        )
+    take = await alerts.takeover(redis_url, kills=plan.kills)
+    table.details["takeover"] = take.__dict__
+    table.add(
+        Row(
+            "takeover after SIGKILL of the delivering replica",
+            take.median_ms,
+            "ms",
+            "",
+            None,
+            f"max {take.max_ms:.0f} ms over {take.kills} kills (median shown)",
+        )
+    )
 
 
-async def main() -> None:
-    print("timbal-jobs-bot benchmarks (best of 7 unless noted; lower is better)\n")
-    bench_diff()
-    bench_render()
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--tiny", action="store_true", help="each scenario once, tiny")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    options = parser.parse_args()
+    plan = TINY if options.tiny else FULL
     server = RedisServer()
     try:
         server.start()
     except RedisUnavailable as exc:
-        print(f"skipping Redis benchmarks: {exc}")
-        return
+        print(f"bench: no redis-server to run against: {exc}", file=sys.stderr)
+        return 1
+    table = Table()
+    started = time.monotonic()
     try:
-        await bench_commit(server.url)
-        await bench_ack(server.url)
+        asyncio.run(run(plan, table, server.url))
     finally:
         server.stop()
+    table.details["machine"] = machine()
+    table.details["seconds"] = round(time.monotonic() - started, 1)
+    print(f"timbal-jobs-bot benchmarks · {machine()}")
+    print("every figure a median over repeated runs; every ratio measured in the same run\n")
+    print(table.render())
+    held = [r.holds for r in table.rows if r.holds is not None]
+    print(f"\n{sum(held)}/{len(held)} targets hold · {table.details['seconds']:.0f} s")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(table.as_json(), indent=2, default=_plain) + "\n")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return str(value)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    raise SystemExit(main())

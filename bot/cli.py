@@ -238,7 +238,7 @@ async def _poll_once(settings: Settings, *, dry_run: bool) -> int:
     try:
         plan = await poller.plan()
         result = plan.changes
-        print(f"jobs={len(plan.jobs)} events={len(result.events)} baseline={result.baseline}")
+        print(f"jobs={plan.jobs} events={len(result.events)} baseline={result.baseline}")
         for event in result.events:
             job = event.job
             print(f"  {event.kind.value:<9} {job.connector_id} {job.dest_table} job={job.id}")

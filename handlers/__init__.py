@@ -14,6 +14,9 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp, AsyncRespond
 
 from handlers import actions, commands
+from handlers.commands import EMPTY_ACK_COMMANDS
+
+__all__ = ["EMPTY_ACK_COMMANDS", "SORRY", "register_error_handler", "register_handlers"]
 
 log = logging.getLogger(__name__)
 

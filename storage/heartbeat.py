@@ -1,8 +1,8 @@
 """The poller's heartbeat: when the org was last polled successfully (for /readyz).
 
 One STRING per org (`Keys.last_poll`) holding an ISO timestamp, with a TTL so a bot that is
-gone leaves nothing behind; a missing or unreadable value reads as "never". The same round
-trip resets the count of failed polls in a row (`storage.ops`).
+gone leaves nothing behind; a missing or unreadable value reads as "never". The poller
+writes it inside its commit (`storage.outbox`); `record_poll` is for the rest.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ HEARTBEAT_TTL = timedelta(days=1)
 async def record_poll(
     redis: Redis, keys: Keys, now: datetime, *, ttl: timedelta = HEARTBEAT_TTL
 ) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.last_poll, now.isoformat(), px=int(ttl.total_seconds() * 1000))
-        pipe.hset(keys.ops, "timbal_failures", 0)
-        await pipe.execute()
+    await redis.set(keys.last_poll, now.isoformat(), px=int(ttl.total_seconds() * 1000))
 
 
 async def last_poll(redis: Redis, keys: Keys) -> datetime | None:

@@ -22,8 +22,20 @@ class Keys:
     # --- the poller -------------------------------------------------------------------------
     @property
     def snapshot(self) -> str:
-        """HASH job id -> JobSnapshot JSON; a job is dropped once gone longer than the grace."""
+        """HASH job id -> JobSnapshot JSON: the format before issue 11, read once to migrate,
+        then left to expire (a day)."""
         return f"{self._base}:snapshot"
+
+    def snapshot_bucket(self, bucket: int) -> str:
+        """HASH job id -> compact snapshot (`storage.snapshot_codec`) for the jobs whose id
+        hashes to `bucket`; a job is dropped once gone longer than the grace."""
+        return f"{self._base}:snap:{bucket}"
+
+    @property
+    def snapshot_version(self) -> str:
+        """STRING: a token that every snapshot write replaces (a poller trusts the snapshot
+        it holds while the token is the one it wrote)."""
+        return f"{self._base}:snap:version"
 
     @property
     def baseline(self) -> str:

@@ -1,7 +1,7 @@
 """The bot's own health, under the org's hash tag: `Keys.ops` is one HASH.
 
-- `timbal_failures`: failed polls in a row (the poller counts them; a good poll resets it in
-  the same round trip as its heartbeat, `storage.heartbeat.record_poll`);
+- `timbal_failures`: failed polls in a row (the poller counts them; a good poll's commit
+  resets it in the same script as its heartbeat, `storage.outbox`);
 - `timbal_error`: the last failure, one line, redacted and cut by the poller;
 - `raised:{subject}`: set while an ops alert is raised (when, Redis ms). Raising and
   recovering are each one script that also adds the `OpsAlert` notice to the outbox, so each

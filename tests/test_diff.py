@@ -15,6 +15,7 @@ from bot.domain.events import EventKind
 from bot.domain.models import Job
 from bot.domain.snapshot import DiffResult, JobSnapshot
 from bot.domain.states import StateClass, StateClassifier
+from tests.diff_reference import reference_diff
 from tests.fakes import make_job
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -324,10 +325,10 @@ def test_events_are_ordered_by_finished_at_then_job_id() -> None:
     assert [e.job.id for e in result.events] == ["z", "b", "r", "a", "c"]
 
 
-def test_snapshot_round_trips_through_json() -> None:
+def test_snapshot_keeps_an_unknown_terminal_state_as_other() -> None:
     original = snap(job(state="weird", finished_at=F1, started_at=S1))
-    assert JobSnapshot.model_validate_json(original.model_dump_json()) == original
     assert original.state_class is StateClass.OTHER
+    # (its stored form round-trips in tests/test_storage_poller.py)
 
 
 def test_event_json_carries_the_job() -> None:
@@ -437,3 +438,48 @@ def test_any_change_but_last_seen_is_written(change: dict[str, Any]) -> None:
     after = Job.model_validate(before.model_dump(mode="json") | change)
     result = run({"j1": snap(before, last_seen=NOW)}, after)
     assert result.upserts == {"j1": snap(after, last_seen=NOW)}
+
+
+# --- the incremental diff computes what the reference diff did --------------------------------
+
+snapshots_strategy = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d", "e"]),
+    st.builds(
+        lambda j, ago: snap(j, last_seen=NOW - ago),
+        jobs_strategy.filter(bool).map(lambda js: js[0]),
+        st.sampled_from(
+            [timedelta(0), timedelta(minutes=14), timedelta(minutes=15), timedelta(hours=2)]
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    previous=st.none() | snapshots_strategy,
+    listing=jobs_strategy,
+    started=st.booleans(),
+    backfill=st.sampled_from([timedelta(0), timedelta(hours=3)]),
+    grace=st.sampled_from([timedelta(0), timedelta(minutes=30), timedelta(hours=1)]),
+)
+def test_the_incremental_diff_equals_the_reference_diff(
+    previous: dict[str, JobSnapshot] | None,
+    listing: list[Job],
+    started: bool,
+    backfill: timedelta,
+    grace: timedelta,
+) -> None:
+    options: dict[str, Any] = {
+        "org_id": ORG,
+        "classifier": CLASSIFIER,
+        "alert_on_started": started,
+        "backfill": backfill,
+        "vanish_grace": grace,
+    }
+    expected = reference_diff(previous, listing, NOW, **options)
+    result = diff(previous, iter(listing), NOW, **options)  # one pass over the listing
+    assert result.events == expected.events
+    assert result.removals == expected.removals
+    assert result.upserts == expected.upserts
+    assert result.baseline == expected.baseline

@@ -20,18 +20,21 @@ from bot.alerts.poller import Poller, PollResult, outcome_of
 from bot.app.metrics import Metrics
 from bot.domain.events import JobEvent
 from bot.domain.models import Job
+from bot.domain.snapshot import JobSnapshot
 from bot.domain.states import StateClassifier
 from bot.timbal import (
     JobListing,
     TimbalAuthError,
     TimbalBadResponse,
     TimbalError,
+    TimbalResponseTooLarge,
     TimbalUnavailable,
 )
 from storage.connection import Redis
 from storage.heartbeat import last_poll
 from storage.keys import Keys
 from storage.lease import Lease
+from storage.snapshot_codec import LegacySnapshot
 from storage.snapshots import SnapshotStore
 from tests.fakes import make_job
 from tests.redis_backends import Backend, count_round_trips
@@ -333,7 +336,40 @@ async def test_round_trips_per_cycle_do_not_grow_with_jobs(
 
     small, large = await trips_for(10), await trips_for(1000)
     assert small == large
-    assert large <= 4  # lease, load, commit, heartbeat
+    assert large <= 3  # lease, load (the snapshot's version), commit (with the heartbeat)
+
+
+# --- the snapshot format before issue 11 ------------------------------------------------------
+
+
+async def test_an_upgrade_from_the_old_snapshot_format_alerts_nothing_new(r: Redis) -> None:
+    """Snapshots as the bot stored them before (JSON in one hash), of every kind of job: the
+    first poll after the upgrade reads them, alerts nothing, and writes them over."""
+    timbal, clock = ListingTimbal(), Clock()
+    old_terminal = (T0 - timedelta(days=40)).isoformat()  # beyond the seen-events retention
+    timbal.upsert("done-long-ago", state="succeeded", finished_at=old_terminal)
+    timbal.upsert("failed", state="failed", finished_at=T0.isoformat(), started_at=T0.isoformat())
+    timbal.upsert("running", state="running", started_at=T0.isoformat())
+    timbal.upsert("queued", state="queued")
+    classifier = StateClassifier()
+    legacy = {}
+    for job_id, raw in timbal.jobs.items():
+        job = Job.model_validate(raw)
+        snapshot = JobSnapshot.of(job, classifier.classify(job), T0 - timedelta(minutes=1))
+        legacy[job_id] = LegacySnapshot.model_validate(snapshot, from_attributes=True)
+    await r.set(KEYS.baseline, (T0 - timedelta(days=41)).isoformat())
+    await r.hset(KEYS.snapshot, mapping={k: v.model_dump_json() for k, v in legacy.items()})
+
+    poller = await make_poller(r, timbal, clock=clock, alert_on_started=True)
+    result = await poller.run_once()
+    assert (result.baseline, result.events, result.enqueued) == (False, 0, 0)
+    assert await r.xlen(KEYS.outbox) == 0
+    stored = await SnapshotStore(r, KEYS).load()
+    assert stored is not None
+    assert {k: v.state for k, v in stored.items()} == {k: v.state for k, v in legacy.items()}
+    timbal.upsert("running", state="failed", finished_at=T0.isoformat())
+    clock.advance(seconds=15)
+    assert (await poller.run_once()).enqueued == 1  # and it goes on alerting as before
 
 
 # --- failures and metrics ---------------------------------------------------------------------
@@ -343,6 +379,7 @@ async def test_round_trips_per_cycle_do_not_grow_with_jobs(
     ("error", "outcome"),
     [
         (TimbalUnavailable("down"), "timbal_unavailable"),
+        (TimbalResponseTooLarge(256 * 1024 * 1024), "timbal_too_large"),
         (TimbalAuthError("no", status=401), "timbal_auth"),
         (TimbalBadResponse("junk"), "timbal_bad_response"),
         (TimbalError("other"), "timbal_error"),

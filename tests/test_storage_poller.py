@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.alerts.diff import diff
 from bot.domain.events import JobEvent
 from bot.domain.models import Job
 from bot.domain.snapshot import DiffResult, JobSnapshot
-from bot.domain.states import StateClassifier
+from bot.domain.states import StateClass, StateClassifier
 from storage.connection import Redis
 from storage.keys import Keys
 from storage.outbox import SEEN_EVENTS_RETENTION, Outbox
+from storage.snapshot_codec import BUCKETS, Decoder, LegacySnapshot, bucket_of, encode
 from storage.snapshots import SnapshotStore
 from tests.fakes import make_job
 from tests.redis_backends import Backend, count_round_trips
@@ -38,6 +42,10 @@ def failed(job_id: str, finished: datetime = NOW - timedelta(minutes=1)) -> Job:
 
 def changes(previous: dict[str, JobSnapshot] | None, *jobs: Job) -> DiffResult:
     return diff(previous, list(jobs), NOW, org_id=KEYS.org_id, classifier=CLASSIFIER)
+
+
+def snap_of(j: Job) -> JobSnapshot:
+    return JobSnapshot.of(j, CLASSIFIER.classify(j), NOW)
 
 
 async def outbox_entries(r: Redis) -> list[dict[str, str]]:
@@ -69,12 +77,14 @@ async def test_corrupt_snapshot_is_logged_and_treated_as_absent(
 ) -> None:
     result = changes(None, job("a"))
     await Outbox(r, KEYS).commit(result, NOW)
-    await r.hset(KEYS.snapshot, mapping={"bad": "{not json", "worse": '{"state": 3}'})
+    bucket = KEYS.snapshot_bucket(bucket_of("bad"))
+    await r.hset(bucket, mapping={"bad": "{not json", "worse": "x|1|2", "z": "fzz|||!|x"})
     with caplog.at_level(logging.WARNING, logger="storage.snapshots"):
         loaded = await SnapshotStore(r, KEYS).load()
     assert loaded == result.upserts
     assert "corrupt snapshot org=org_s job='bad'" in caplog.text
     assert "job='worse'" in caplog.text
+    assert "job='z'" in caplog.text
 
 
 async def test_snapshots_without_the_marker_still_count_as_a_baseline(r: aioredis.Redis) -> None:
@@ -84,15 +94,153 @@ async def test_snapshots_without_the_marker_still_count_as_a_baseline(r: aioredi
     assert await SnapshotStore(r, KEYS).load() == result.upserts
 
 
-async def test_load_is_one_round_trip(r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_load_is_one_round_trip_fresh_or_warm(
+    r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await Outbox(r, KEYS).commit(changes(None, *(job(f"j{i}") for i in range(300))), NOW)
-    store = SnapshotStore(r, KEYS)
-    await store.load()  # the connection exists and the script is loaded before counting
+    warm = SnapshotStore(r, KEYS)  # the connection exists and both scripts are loaded
+    await Outbox(r, KEYS, snapshots=warm).commit(changes(dict(await warm.load() or {})), NOW)
+    await warm.load()
     trips = count_round_trips(monkeypatch)
-    loaded = await store.load()
-    assert loaded is not None
-    assert len(loaded) == 300
+    store = SnapshotStore(r, KEYS)
+    loaded = await store.load()  # nothing held: every bucket, in one script
+    assert loaded is not None and len(loaded) == 300
     assert trips.count == 1
+    outbox = Outbox(r, KEYS, snapshots=store)
+    await outbox.commit(
+        changes(dict(loaded), job("j1", "failed", finished_at=NOW.isoformat())), NOW
+    )
+    trips.count = 0
+    again = await store.load()  # held, and still what Redis holds: only the version is read
+    assert trips.count == 1
+    assert again is not None and again["j1"].state == "failed" and len(again) == 300
+    assert dict(again) == await SnapshotStore(r, KEYS).load()
+
+
+async def test_a_held_snapshot_gives_way_to_another_replicas_write(backend: Backend) -> None:
+    a, b = SnapshotStore(backend.client(), KEYS), SnapshotStore(backend.client(), KEYS)
+    outbox_a = Outbox(backend.client(), KEYS, snapshots=a)
+    outbox_b = Outbox(backend.client(), KEYS, snapshots=b)
+    assert await a.load() is None
+    await outbox_a.commit(changes(None, job("x"), job("y")), NOW)
+    held = await a.load()
+    assert held is not None and set(held) == {"x", "y"}
+    seen_by_b = await b.load()
+    assert seen_by_b is not None
+    await outbox_b.commit(changes(dict(seen_by_b), failed("x"), job("y")), NOW)
+    now_a = await a.load()  # b replaced the version: a reads everything again
+    assert now_a is not None and now_a["x"].state == "failed"
+    # a's next commit was planned against a version that is gone: it writes, but trusts
+    # nothing it holds afterwards
+    await outbox_a.commit(changes(dict(now_a), failed("x"), job("y"), job("z")), NOW)
+    assert set(await a.load() or {}) == {"x", "y", "z"}
+
+
+async def test_a_flush_is_noticed_by_a_warm_store(r: aioredis.Redis) -> None:
+    store = SnapshotStore(r, KEYS)
+    await Outbox(r, KEYS, snapshots=store).commit(changes(None, job("a")), NOW)
+    assert await store.load() is not None
+    await r.flushdb()
+    assert await store.load() is None
+
+
+async def test_a_failed_commit_leaves_nothing_trusted(
+    r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SnapshotStore(r, KEYS)
+    outbox = Outbox(r, KEYS, snapshots=store)
+    await outbox.commit(changes(None, job("a")), NOW)
+    previous = await store.load()
+    assert previous is not None
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("lost the answer")
+
+    monkeypatch.setattr(outbox, "_script", broken)
+    with pytest.raises(RedisConnectionError):
+        await outbox.commit(changes(dict(previous), failed("a")), NOW)
+    monkeypatch.undo()
+    await r.hset(KEYS.snapshot_bucket(bucket_of("a")), "a", encode(snap_of(failed("a"))))
+    again = await store.load()  # not the state held: what Redis holds
+    assert again is not None and again["a"].state == "failed"
+
+
+# --- the format before issue 11 ----------------------------------------------------------------
+
+
+def legacy_json(snapshot: JobSnapshot) -> str:
+    """A snapshot as the bot stored it before issue 11 (pydantic's JSON of the model)."""
+    return LegacySnapshot.model_validate(snapshot, from_attributes=True).model_dump_json()
+
+
+async def test_legacy_snapshots_load_and_the_next_commit_migrates_them(r: aioredis.Redis) -> None:
+    at = {"created_at": NOW.isoformat(), "updated_at": NOW.isoformat()}
+    a, b = job("a", **at), job("b", "failed", finished_at=NOW.isoformat(), **at)
+    old = changes(None, a, b, job("c", "queued", **at))
+    await r.set(KEYS.baseline, NOW.isoformat())
+    await r.hset(KEYS.snapshot, mapping={k: legacy_json(v) for k, v in old.upserts.items()})
+    store = SnapshotStore(r, KEYS)
+    loaded = await store.load()
+    assert loaded == old.upserts
+    result = changes(dict(loaded), a, b, job("c", "running", **at))
+    assert result.events == [] and set(result.upserts) == {"c"}
+    await Outbox(r, KEYS, snapshots=store).commit(result, NOW)
+    fresh = await SnapshotStore(r, KEYS).load()  # now from the new format alone
+    assert fresh == {**old.upserts, **result.upserts}
+    assert 0 < await r.ttl(KEYS.snapshot) <= 24 * 3600  # left to an old replica, for a day
+    assert await r.get(KEYS.snapshot_version)
+
+
+async def test_a_corrupt_legacy_snapshot_is_logged_and_left_out(
+    r: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = changes(None, job("a")).upserts
+    await r.hset(
+        KEYS.snapshot, mapping={"a": legacy_json(good["a"]), "bad": "{not json", "worse": "{}"}
+    )
+    with caplog.at_level(logging.WARNING, logger="storage.snapshots"):
+        assert await SnapshotStore(r, KEYS).load() == good
+    assert "corrupt snapshot org=org_s job='bad'" in caplog.text
+    assert "job='worse'" in caplog.text
+
+
+# --- the stored form ---------------------------------------------------------------------------
+
+instants = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    state=st.text(max_size=40),
+    state_class=st.sampled_from(list(StateClass)),
+    finished=st.none() | instants,
+    started=st.none() | instants,
+    updated=instants,
+    seen=instants,
+)
+def test_a_stored_snapshot_decodes_to_an_equal_one(
+    state: str,
+    state_class: StateClass,
+    finished: datetime | None,
+    started: datetime | None,
+    updated: datetime,
+    seen: datetime,
+) -> None:
+    original = JobSnapshot(state, state_class, finished, started, updated, seen)
+    value = encode(original)
+    assert value.isascii() or not state.isascii()
+    assert Decoder().decode(value) == original
+
+
+def test_a_typical_stored_snapshot_fits_a_listpack_value() -> None:
+    typical = snap_of(failed("job_01HZX3K4V6N8P9Q2R5S7T0W1Y3"))
+    assert len(encode(typical).encode()) <= 64  # Redis' hash-max-listpack-value
 
 
 # --- outbox -----------------------------------------------------------------------------------
@@ -197,7 +345,7 @@ async def test_large_commit_has_no_argument_limit(r: aioredis.Redis) -> None:
     jobs = [failed(f"j{i}") for i in range(5000)]
     committed = await Outbox(r, KEYS).commit(changes({}, *jobs), NOW)
     assert len(committed.enqueued) == 5000
-    assert await r.hlen(KEYS.snapshot) == 5000
+    assert len(await SnapshotStore(r, KEYS).load() or {}) == 5000
     assert await r.xlen(KEYS.outbox) == 5000
 
 
@@ -222,5 +370,6 @@ async def test_commit_reloads_the_script_after_a_flush(r: aioredis.Redis) -> Non
 
 
 def test_every_key_of_the_commit_shares_one_cluster_slot() -> None:
-    keys = [KEYS.baseline, KEYS.snapshot, KEYS.seen_events, KEYS.outbox]
+    keys = [KEYS.baseline, KEYS.snapshot, KEYS.seen_events, KEYS.outbox, KEYS.last_poll]
+    keys += [KEYS.snapshot_version, *(KEYS.snapshot_bucket(b) for b in range(BUCKETS))]
     assert len({key_slot(k.encode()) for k in keys}) == 1

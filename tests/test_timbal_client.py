@@ -21,14 +21,15 @@ from bot.app.config import load_settings
 from bot.app.runtime import build_timbal
 from bot.domain.models import Job
 from bot.timbal import (
-    MAX_BODY_BYTES,
     MAX_ERROR_BODY_BYTES,
     MAX_RETRY_DELAY,
+    JobCount,
     JobListing,
     TimbalAuthError,
     TimbalBadResponse,
     TimbalClient,
     TimbalError,
+    TimbalResponseTooLarge,
     TimbalUnavailable,
     parse_listing,
     retry_after_seconds,
@@ -432,26 +433,78 @@ class Endless:
     """A body that never ends, streamed in chunks; counts how many were pulled."""
 
     chunk: bytes = b"x" * 65536
+    start: bytes = b""
     pulled: int = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.start:
+            yield self.start
         while True:
             self.pulled += 1
             yield self.chunk
 
 
+CEILING = 1024 * 1024
+ENDLESS_LISTING = Endless(
+    start=b'{"jobs": [', chunk=(json.dumps(make_job("j")) + ",").encode() * 200
+)
+
+
 @pytest.mark.parametrize(
-    ("status", "error", "limit"),
-    [(200, TimbalBadResponse, MAX_BODY_BYTES), (500, TimbalUnavailable, MAX_ERROR_BODY_BYTES)],
+    ("status", "stream", "error", "limit"),
+    [
+        (200, ENDLESS_LISTING, TimbalResponseTooLarge, CEILING),
+        (500, Endless(), TimbalUnavailable, MAX_ERROR_BODY_BYTES),
+    ],
+    ids=["listing", "error-page"],
 )
 async def test_an_endless_body_is_read_only_to_a_bound(
-    connect: Connect, status: int, error: type[TimbalError], limit: int
+    connect: Connect, status: int, stream: Endless, error: type[TimbalError], limit: int
 ) -> None:
-    stream = Endless()
     endless = lambda request: httpx.Response(status, content=stream)  # noqa: E731
+    client = connect(Server([endless]), retries=0, max_response_bytes=CEILING)
     with pytest.raises(error):
-        await connect(Server([endless]), retries=0).list_jobs()
+        await client.list_jobs()
     assert stream.pulled <= limit // len(stream.chunk) + 2
+
+
+async def test_a_listing_past_the_ceiling_is_refused_clearly_and_not_retried(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = [make_job(f"j{i}") for i in range(3000)]  # ~1.4 MB
+    server = Server([listing(*jobs)])
+    with (
+        caplog.at_level(logging.WARNING, logger="bot.timbal.client"),
+        pytest.raises(TimbalResponseTooLarge) as caught,
+    ):
+        await connect(server, max_response_bytes=CEILING).list_jobs()
+    assert caught.value.limit == CEILING
+    assert "larger than the 1 MB the bot accepts (TIMBAL_MAX_RESPONSE_MB)" in caught.value.reason
+    assert isinstance(caught.value, TimbalBadResponse)  # still a bad answer to older callers
+    assert len(server.requests) == 1
+    assert "TIMBAL_MAX_RESPONSE_MB" in caplog.text
+
+
+async def test_a_declared_length_past_the_ceiling_is_refused_before_reading(
+    connect: Connect,
+) -> None:
+    stream = Endless(start=b'{"jobs": [')
+    answer = lambda request: httpx.Response(  # noqa: E731
+        200, content=stream, headers={"Content-Length": str(CEILING + 1)}
+    )
+    with pytest.raises(TimbalResponseTooLarge):
+        await connect(Server([answer]), max_response_bytes=CEILING).list_jobs()
+    assert stream.pulled == 0
+
+
+async def test_a_listing_larger_than_any_old_cap_is_read_whole(connect: Connect) -> None:
+    # 45,000 jobs, ~17.6 MB: more than the 16 MB that once refused large orgs outright.
+    jobs = [make_job(f"j{i:05d}", message="m" * 40) for i in range(45_000)]
+    answer = listing(*jobs)
+    scanned = await connect(Server([answer])).scan_jobs(JobCount)
+    assert scanned.sink.jobs == scanned.jobs == 45_000
+    assert scanned.size > 16 * 1024 * 1024
+    assert scanned.skipped == 0
 
 
 # --- the URL: org quoted in the path, connector only ever in the query ------------------------

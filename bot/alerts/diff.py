@@ -1,6 +1,10 @@
 """The pure heart of the alert pipeline: previous snapshots + a listing -> changes and events.
 
 No I/O and no clock of its own (`now` is a parameter), so every transition is a table test.
+`Differ` is the same function fed one job at a time (the Timbal client's stream hands it
+each job as it is parsed): it keeps only what changed and the ids it saw, and a job equal to
+its snapshot costs one comparison of its fields (`JobSnapshot.describes`), no new object. So
+only the changed jobs cross into the result, whatever the size of the listing.
 
 Transitions (`DESIGN.md`, "Job semantics"):
 
@@ -31,7 +35,7 @@ vanished job for at least `vanish_grace` (and at most 1.25 x it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from bot.domain.events import TERMINAL_KIND, EventKind, JobEvent
@@ -45,7 +49,7 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 def diff(
     previous: Mapping[str, JobSnapshot] | None,
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     now: datetime,
     *,
     org_id: str,
@@ -55,35 +59,97 @@ def diff(
     alert_on_started: bool = False,
 ) -> DiffResult:
     """Compare a listing with the snapshots of the last poll; see the module docstring."""
-    latest: dict[str, Job] = {}
-    for job in jobs:  # a job listed twice: the last one wins
-        latest[job.id] = job
-    resolution = vanish_grace / LAST_SEEN_RESOLUTION_FRACTION
-    upserts: dict[str, JobSnapshot] = {}
-    events: list[JobEvent] = []
+    differ = Differ(
+        previous,
+        now,
+        org_id=org_id,
+        classifier=classifier,
+        backfill=backfill,
+        vanish_grace=vanish_grace,
+        alert_on_started=alert_on_started,
+    )
+    for job in jobs:
+        differ.add(job)
+    return differ.result()
 
-    for job_id, job in latest.items():
-        state_class = classifier.classify(job)
-        current = JobSnapshot.of(job, state_class, now)
+
+class Differ:
+    """`diff`, one job at a time: `add()` each job of the listing, then `result()`."""
+
+    def __init__(
+        self,
+        previous: Mapping[str, JobSnapshot] | None,
+        now: datetime,
+        *,
+        org_id: str,
+        classifier: StateClassifier,
+        backfill: timedelta = timedelta(0),
+        vanish_grace: timedelta = timedelta(hours=1),
+        alert_on_started: bool = False,
+    ) -> None:
+        self._previous = previous
+        self._now = now
+        self._org_id = org_id
+        self._classifier = classifier
+        self._backfill = backfill
+        self._alert_on_started = alert_on_started
+        resolution = vanish_grace / LAST_SEEN_RESOLUTION_FRACTION
+        self._refresh_by = now - resolution  # a last_seen at or before this is rewritten
+        self._gone_before = now - (vanish_grace + resolution)  # missing and older: removed
+        self._listed: set[str] = set()
+        self._known = 0  # listed ids that have a snapshot (to skip the search for vanished)
+        self._upserts: dict[str, JobSnapshot] = {}
+        self._events: dict[str, JobEvent] = {}
+        self._classes: dict[tuple[str, bool], StateClass] = {}  # a listing has few states
+
+    def add(self, job: Job) -> None:
+        job_id = job.id
+        previous = self._previous
         prev = previous.get(job_id) if previous is not None else None
-        if prev is None or not prev.same_job_state(current) or now - prev.last_seen >= resolution:
-            upserts[job_id] = current
-        if previous is None:
-            kind = _backfill_kind(job, state_class, now, backfill)
+        if job_id in self._listed:  # a job listed twice: the last one wins
+            self._upserts.pop(job_id, None)
+            self._events.pop(job_id, None)
         else:
-            kind = _transition(prev, current, alert_on_started)
+            self._listed.add(job_id)
+            self._known += prev is not None
+        finished = job.finished_at is not None
+        state_class = self._classes.get((job.state, finished))
+        if state_class is None:
+            state_class = self._classifier.classify_state(job.state, finished=finished)
+            self._classes[job.state, finished] = state_class
+        if prev is not None and prev.describes(job, state_class):
+            # Nothing an event depends on changed (see _transition): at most a refresh.
+            if prev.last_seen <= self._refresh_by:
+                self._upserts[job_id] = prev.seen(self._now)
+            return
+        current = JobSnapshot.of(job, state_class, self._now)
+        self._upserts[job_id] = current
+        if previous is None:
+            kind = _backfill_kind(job, state_class, self._now, self._backfill)
+        else:
+            kind = _transition(prev, current, self._alert_on_started)
         if kind is not None:
-            events.append(JobEvent(org_id=org_id, kind=kind, job=job, detected_at=now))
+            self._events[job_id] = JobEvent(
+                org_id=self._org_id, kind=kind, job=job, detected_at=self._now
+            )
 
-    removals: list[str] = []
-    if previous is not None:
-        removals = sorted(
-            job_id
-            for job_id, snap in previous.items()
-            if job_id not in latest and now - snap.last_seen > vanish_grace + resolution
+    def result(self) -> DiffResult:
+        previous = self._previous
+        removals: list[str] = []
+        if previous is not None and self._known < len(previous):  # some job is not listed
+            listed, gone_before = self._listed, self._gone_before
+            removals = sorted(
+                job_id
+                for job_id, snap in previous.items()
+                if job_id not in listed and snap.last_seen < gone_before
+            )
+        events = sorted(self._events.values(), key=_event_order)
+        return DiffResult(
+            upserts=dict(self._upserts),
+            removals=removals,
+            events=events,
+            baseline=previous is None,
         )
-    events.sort(key=_event_order)
-    return DiffResult(upserts=upserts, removals=removals, events=events, baseline=previous is None)
 
 
 def _transition(

@@ -1,8 +1,11 @@
 """The poller: on the replica holding the org's lease, list jobs, diff, commit, every interval.
 
 One cycle (`run_once`): renew or take the lease (a replica without it returns at once) ->
-`list_jobs()` (one HTTP request for the whole org) -> `SnapshotStore.load()` (one round trip)
--> `diff()` (pure) -> `Outbox.commit()` (one atomic script) -> heartbeat. It logs one line:
+`SnapshotStore.load()` (one round trip while the snapshot this poller holds is current) ->
+the listing (one HTTP request for the whole org), each job handed to the pure `Differ` as it
+is parsed, so only the changes are kept -> `Outbox.commit()` (one atomic script, which also
+records the heartbeat). Three round trips in all, four after a takeover, whatever the size.
+It logs one line:
 `poll org=x jobs=120 events=2 enqueued=2 duplicates=0 removed=0 baseline=no ms=41 skipped=0`
 (`skipped`: items of Timbal's answer that could not be read, each logged on its own).
 
@@ -28,10 +31,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.alerts.diff import diff
+from bot.alerts.diff import Differ
 from bot.app.metrics import Metrics
 from bot.backoff import backoff
-from bot.domain.models import Job
 from bot.domain.snapshot import DiffResult
 from bot.domain.states import StateClassifier
 from bot.timbal import (
@@ -39,10 +41,12 @@ from bot.timbal import (
     TimbalAuthError,
     TimbalBadResponse,
     TimbalError,
+    TimbalResponseTooLarge,
     TimbalUnavailable,
+    scan_jobs,
 )
 from storage.connection import Redis
-from storage.heartbeat import record_poll
+from storage.heartbeat import HEARTBEAT_TTL
 from storage.keys import Keys
 from storage.lease import LEASE_TTL_INTERVALS, Lease
 from storage.ops import OpsState
@@ -87,6 +91,8 @@ def outcome_of(exc: BaseException) -> str:
         return "timbal_auth"
     if isinstance(exc, TimbalUnavailable):
         return "timbal_unavailable"
+    if isinstance(exc, TimbalResponseTooLarge):  # an ops problem of its own: raise the ceiling
+        return "timbal_too_large"
     if isinstance(exc, TimbalBadResponse):
         return "timbal_bad_response"
     if isinstance(exc, TimbalError):
@@ -98,10 +104,11 @@ def outcome_of(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    jobs: list[Job]
+    jobs: int  # jobs in the listing
     changes: DiffResult
     now: datetime
     skipped: int = 0  # items of Timbal's answer that could not be read (each logged)
+    size: int = 0  # bytes of Timbal's answer
 
 
 class Poller:
@@ -148,7 +155,7 @@ class Poller:
         )
         self._snapshots = SnapshotStore(redis, keys)
         self._ops = OpsState(redis, keys)
-        self._outbox = Outbox(redis, keys)
+        self._outbox = Outbox(redis, keys, snapshots=self._snapshots)
 
     async def run_once(self) -> PollResult:
         """One cycle; raises TimbalError / RedisError (counted) for the caller to back off."""
@@ -164,48 +171,56 @@ class Poller:
         return result
 
     async def plan(self) -> Plan:
-        """List the org's jobs, load the snapshot, diff: what a cycle would commit."""
-        listing = await self._timbal.list_jobs_detailed()
-        jobs = listing.jobs
+        """Load the snapshot, then diff the listing against it as it streams: what a cycle
+        would commit."""
         previous = await self._snapshots.load()
         now = self._clock()
-        changes = diff(
-            previous,
-            jobs,
-            now,
-            org_id=self.org_id,
-            classifier=self._classifier,
-            backfill=self._backfill,
-            vanish_grace=self._vanish_grace,
-            alert_on_started=self._alert_on_started,
+
+        def differ() -> Differ:  # a fresh one for each attempt of the request
+            return Differ(
+                previous,
+                now,
+                org_id=self.org_id,
+                classifier=self._classifier,
+                backfill=self._backfill,
+                vanish_grace=self._vanish_grace,
+                alert_on_started=self._alert_on_started,
+            )
+
+        scan = await scan_jobs(self._timbal, differ)
+        return Plan(
+            jobs=scan.jobs,
+            changes=scan.sink.result(),
+            now=now,
+            skipped=scan.skipped,
+            size=scan.size,
         )
-        return Plan(jobs=jobs, changes=changes, now=now, skipped=listing.skipped)
 
     async def commit(self, plan: Plan) -> CommitResult:
-        """Snapshot and events in one atomic step (idempotent by event id)."""
-        return await self._outbox.commit(plan.changes, plan.now)
+        """Snapshot, events and heartbeat in one atomic step (idempotent by event id)."""
+        return await self._outbox.commit(plan.changes, plan.now, heartbeat=HEARTBEAT_TTL)
 
     async def _cycle(self, started: float) -> PollResult:
         if not await self._lease.acquire_or_renew():
             log.debug("poll org=%s skipped: another replica holds the lease", self.org_id)
             return PollResult(skipped_not_leader=True, ms=self._ms_since(started))
         plan = await self.plan()
-        jobs, changes, now = plan.jobs, plan.changes, plan.now
+        jobs, changes = plan.jobs, plan.changes
         committed = await self.commit(plan)
-        await record_poll(self._redis, self._keys, now)
 
         enqueued = set(committed.enqueued)
         for event in changes.events:
             if event.event_id in enqueued:
                 self._metrics.events.labels(kind=event.kind.value).inc()
-        self._metrics.jobs_seen.set(len(jobs))
+        self._metrics.jobs_seen.set(jobs)
+        self._metrics.listing_bytes.set(plan.size)
         ms = self._ms_since(started)
         self._metrics.poll_duration.observe(ms / 1000)
         log.info(
             "poll org=%s jobs=%d events=%d enqueued=%d duplicates=%d removed=%d baseline=%s"
             " ms=%.0f skipped=%d",
             self.org_id,
-            len(jobs),
+            jobs,
             len(changes.events),
             len(committed.enqueued),
             committed.duplicates,
@@ -215,7 +230,7 @@ class Poller:
             plan.skipped,
         )
         return PollResult(
-            jobs=len(jobs),
+            jobs=jobs,
             events=len(changes.events),
             enqueued=len(committed.enqueued),
             duplicates=committed.duplicates,

@@ -106,6 +106,7 @@ class TimbalSettings(CommonSettings):
     timbal_api_url: AnyHttpUrl = AnyHttpUrl("https://api.timbal.ai")
     timbal_api_key: SecretStr
     timbal_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    timbal_max_response_mb: int = Field(default=256, ge=1, le=4096)
     failure_states: StateSet = DEFAULT_FAILURE_STATES
     cancelled_states: StateSet = DEFAULT_CANCELLED_STATES
     success_states: StateSet = DEFAULT_SUCCESS_STATES
@@ -162,6 +163,7 @@ class Settings(TimbalSettings, StoreSettings):
     slack_mode: SlackMode | None = None
     port: int = Field(default=3000, ge=0, le=65535)
     host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on every interface
+    jobs_cache_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
 
     # Replicas and delivery
     replica_id: str | None = Field(

@@ -21,6 +21,11 @@ class Metrics:
             "tjb_poll_duration_seconds", "Duration of a full poller cycle.", registry=r
         )
         self.jobs_seen = Gauge("tjb_jobs_seen", "Jobs in the last listing.", registry=r)
+        self.listing_bytes = Gauge(
+            "tjb_timbal_listing_bytes",
+            "Size of Timbal's last listing (TIMBAL_MAX_RESPONSE_MB is the ceiling).",
+            registry=r,
+        )
         self.events = Counter(
             "tjb_events", "Events enqueued to the outbox, by kind.", ["kind"], registry=r
         )

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import httpx
@@ -24,6 +25,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -39,13 +41,15 @@ from bot.alerts.watchdog import Thresholds
 from bot.app.config import Settings, SlackMode, StoreSettings, TimbalSettings
 from bot.app.health import Health
 from bot.app.metrics import Metrics
+from bot.app.respond import SharedRespond, reply_session
 from bot.app.serve import serve
 from bot.app.services import Services, classifier_from
 from bot.app.slack_signing import Refusal, Unreadable, read_body, verify
+from bot.jobs.cache import SharedListings
 from bot.reach import unreachable
 from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
-from handlers import register_handlers
+from handlers import EMPTY_ACK_COMMANDS, register_handlers
 from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
 from storage.incidents import IncidentStore
@@ -100,6 +104,7 @@ def build_timbal(
         org_id=settings.timbal_org_id,
         http=http,
         timeout=settings.timbal_timeout_seconds,
+        max_response_bytes=settings.timbal_max_response_mb * 1024 * 1024,
         retries=retries,
         backoff=backoff,
         sleep=sleep,
@@ -186,9 +191,11 @@ class Runtime:
         self.classifier = classifier_from(settings)
         self.subscriptions = SubscriptionStore(self.redis, self.keys)
         self.incidents = IncidentStore(self.redis, self.keys)
+        # /jobs reads through a short shared cache; the poller reads Timbal itself.
+        self.listings = SharedListings(self.timbal, ttl=settings.jobs_cache_seconds, clock=clock)
         self.services = Services(
             settings=settings,
-            timbal=self.timbal,
+            timbal=self.listings,
             classifier=self.classifier,
             metrics=self.metrics,
             subscriptions=self.subscriptions,
@@ -221,6 +228,7 @@ class Runtime:
         )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[Any]] = set()  # slash commands acked at once
         self.port = 0
         self.stopped_cleanly = True  # False once a worker died on its own
 
@@ -229,6 +237,7 @@ class Runtime:
     _verifier: SignatureVerifier | None = None
     _authorization: AuthorizeResult | None = None
     _connecting: asyncio.Task[None] | None = None
+    _replies: aiohttp.ClientSession | None = None  # responses to response URLs
     startup_error: StartupError | None = None  # a refusal met after start() returned
 
     def _build_app(self) -> AsyncApp:
@@ -264,6 +273,11 @@ class Runtime:
         ) -> None:
             context["services"] = services
             context["clock"] = clock
+            if context.response_url is not None and self._replies is not None:
+                # Replies reuse one HTTP session (Bolt's respond opens one per reply).
+                context["respond"] = SharedRespond(
+                    response_url=context.response_url, session=self._replies
+                )
             await next()
 
         app.use(inject_services)
@@ -369,6 +383,8 @@ class Runtime:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Serve HTTP, start the workers, reach Slack (retried in the background)."""
+        if self.app is not None:
+            self._replies = reply_session()
         await self._start_http()  # first: /healthz answers while Slack does not
         # Join the replicas: only a live replica may lead (poll, deliver).
         self._spawn("heartbeat", self._beat_forever(registered=await self._register()))
@@ -525,6 +541,8 @@ class Runtime:
         await self._close_socket()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._answering:  # commands acked at once: their dispatch takes milliseconds
+            await asyncio.wait(self._answering, timeout=10)
         # The notifier lets a Slack call in flight finish (up to the Slack timeout); the
         # heartbeat stops last, so its claims stay alive meanwhile.
         wait = self.settings.slack_timeout_seconds + 5.0
@@ -541,6 +559,9 @@ class Runtime:
         self._beat_stop.set()
         with contextlib.suppress(RedisError):
             await self.replicas.leave()  # another replica takes over at once
+        await self.listings.aclose()
+        if self._replies is not None:
+            await self._replies.close()
         await self.timbal.aclose()
         session = getattr(self.slack, "session", None)
         if session is not None:
@@ -570,12 +591,32 @@ class Runtime:
         if unreadable is not Unreadable.NONE:
             log.warning("refused a signed request to %s: %s", SLACK_EVENTS_PATH, unreadable.value)
             return web.Response(status=400)
+        if _command(text) in EMPTY_ACK_COMMANDS:
+            # Its listener acks empty first anyway: ack here, before Bolt even reads the
+            # request, so a crowd of /jobs is acked in the time of reading it, not of
+            # answering it.
+            task = asyncio.create_task(self._dispatch(text, request), name="command")
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+            return web.Response(status=200)
+        return await to_aiohttp_response(await self._dispatch(text, request))
+
+    async def _dispatch(self, text: str, request: web.Request) -> BoltResponse:
+        assert self.app is not None
         bolt_request = AsyncBoltRequest(
             body=text,
             query=request.query_string,
             headers=request.headers,  # type: ignore[arg-type]
         )
-        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
+        return await self.app.async_dispatch(bolt_request)
+
+
+def _command(form: str) -> str | None:
+    """The `command` field of a slash command's form (None for other payloads)."""
+    if "command=" not in form:
+        return None
+    values = parse_qs(form, max_num_fields=100).get("command")
+    return values[0] if values else None
 
 
 @contextlib.asynccontextmanager

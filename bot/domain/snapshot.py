@@ -1,7 +1,8 @@
 """What the poller remembers about each job between polls, and what one diff produces.
 
 Pure types: the diff (`bot.alerts.diff`) computes them, `storage.snapshots` and
-`storage.outbox` persist them.
+`storage.outbox` persist them. A snapshot is a small frozen value (slots, no validation):
+the poller holds one per tracked job, so its size and cost are the poller's.
 """
 
 from __future__ import annotations
@@ -9,24 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
-
 from bot.domain.events import JobEvent
-from bot.domain.models import Job, Timestamp
+from bot.domain.models import Job
 from bot.domain.states import StateClass
 
 
-class JobSnapshot(BaseModel):
-    """What we remember about one job between two polls (stored as JSON in Redis)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What we remember about one job between two polls."""
 
     state: str
     state_class: StateClass
-    finished_at: Timestamp | None
-    started_at: Timestamp | None
-    updated_at: Timestamp
-    last_seen: Timestamp
+    finished_at: datetime | None
+    started_at: datetime | None
+    updated_at: datetime
+    last_seen: datetime
 
     @classmethod
     def of(cls, job: Job, state_class: StateClass, now: datetime) -> JobSnapshot:
@@ -47,6 +45,22 @@ class JobSnapshot(BaseModel):
             and self.finished_at == other.finished_at
             and self.started_at == other.started_at
             and self.updated_at == other.updated_at
+        )
+
+    def describes(self, job: Job, state_class: StateClass) -> bool:
+        """`same_job_state` with `JobSnapshot.of(job, state_class, …)`, without building it."""
+        return (
+            self.state == job.state
+            and self.state_class == state_class
+            and self.finished_at == job.finished_at
+            and self.started_at == job.started_at
+            and self.updated_at == job.updated_at
+        )
+
+    def seen(self, now: datetime) -> JobSnapshot:
+        """The same snapshot, seen at `now`."""
+        return JobSnapshot(
+            self.state, self.state_class, self.finished_at, self.started_at, self.updated_at, now
         )
 
 

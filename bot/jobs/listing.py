@@ -10,7 +10,8 @@ footer say which filter: a state (`state failed`) or a whole class, named as one
 states of it the listing holds (`failures: failed, error, timed_out`). A state that is neither
 a class nor in the listing is answered with the states seen and the classes; a connector
 without jobs with the connector ids closest to it (`suggestions`, from the org's listing).
-Items of Timbal's answer that could not be read (`skipped`) are always mentioned.
+Items of Timbal's answer that could not be read (`skipped`) are always mentioned, and so is
+when the listing was read (`as_of`: answers are shared for a few seconds, JOBS_CACHE_SECONDS).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import difflib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -240,6 +241,12 @@ def skipped_line(skipped: int) -> str | None:
     return f"{items} in Timbal's answer could not be read (logged)."
 
 
+def as_of_text(when: datetime) -> str:
+    """ "as of 14:03:07", in each reader's own time zone (a Slack date token; UTC as fallback)."""
+    moment = when.astimezone(UTC)
+    return f"as of <!date^{int(moment.timestamp())}^{{time_secs}}|{moment:%H:%M:%S} UTC>"
+
+
 def _title(query: JobsQuery, org_id: str, label: str | None) -> PlainTextObject:
     scope = f"connector {query.connector_id}" if query.connector_id is not None else f"org {org_id}"
     return _plain(f"Jobs · {scope}" + (f" · {label}" if label else ""), MAX_HEADER_TEXT)
@@ -262,17 +269,20 @@ def render_jobs_listing(
     org_id: str,
     skipped: int = 0,
     suggestions: Sequence[str] = (),
+    as_of: datetime | None = None,
 ) -> RenderedMessage:
     """The answer to `/jobs`: summary of `jobs` by state, then the newest matching jobs.
 
     `skipped`: items of Timbal's answer that could not be read; `suggestions`: connector ids
-    close to the one asked for, shown when it has no jobs.
+    close to the one asked for, shown when it has no jobs; `as_of`: when the listing was read.
     """
     scope, where = _scope(query, org_id)
     label = filter_label(query, jobs, classifier)
     blocks: list[Block] = [HeaderBlock(text=_title(query, org_id, label[0] if label else None))]
     unread = skipped_line(skipped)
-    tail = [ContextBlock(elements=[mrkdwn(escape(unread))])] if unread else []
+    when = as_of_text(as_of) if as_of is not None else None
+    notes = [note for note in (escape(unread) if unread else None, when) if note]
+    tail = [ContextBlock(elements=[mrkdwn(" · ".join(notes))])] if notes else []
     tail_text = f" {unread}" if unread else ""
     if not jobs:
         text = _no_jobs(query, scope, suggestions)
@@ -303,6 +313,8 @@ def render_jobs_listing(
         footer += f" · `limit={MAX_LIMIT}` shows more"
     if unread:
         footer += f" · {escape(unread)}"
+    if when:
+        footer += f" · {when}"
     blocks.append(ContextBlock(elements=[mrkdwn(truncate(footer, MAX_SECTION_TEXT))]))
     total = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
     return _message(f"{total} {scope}: {plain_summary}{tail_text}", blocks)

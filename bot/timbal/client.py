@@ -2,14 +2,16 @@
 
 One shared `httpx.AsyncClient` (explicit timeouts, bearer key, `User-Agent`); the GET is
 retried on timeouts, connection errors, 5xx and 429 only, with exponential back-off and
-jitter, honouring `Retry-After` (capped). Bodies are read with a bound. Each attempt has one
-overall deadline, `timeout`, for the whole exchange, body included: httpx's timeouts are per
-read, so an answer trickled a byte at a time would otherwise hold the caller for as long as
-it lasts. The retries are bounded on their own (`retries` attempts, back-off capped).
-Items that fail `Job` validation are skipped and logged, so one bad job cannot hide the
-others; a listing whose items are *all* malformed is a contract break and raises
-`TimbalBadResponse` (an empty answer would read as "no jobs" to users and as "every job
-vanished" to the poller).
+jitter, honouring `Retry-After` (capped). The listing is parsed as it streams
+(`bot.timbal.listing`): any size is read, up to a ceiling (`max_response_bytes`,
+TIMBAL_MAX_RESPONSE_MB) past which it is refused with `TimbalResponseTooLarge`; items that
+fail validation are skipped, counted and logged. Each attempt has one overall deadline,
+`timeout`, for the whole exchange, body included: httpx's timeouts are per read, so an answer
+trickled a byte at a time would otherwise hold the caller for as long as it lasts. The
+retries are bounded on their own (`retries` attempts, back-off capped).
+
+`scan_jobs(start)` hands each job to a sink that `start()` makes afresh for every attempt
+(the poller's differ keeps only what changed); `list_jobs_detailed()` keeps them all.
 
 Errors: see `bot.timbal.errors`.
 """
@@ -17,41 +19,47 @@ Errors: see `bot.timbal.errors`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from bot import __version__
 from bot.domain.models import Job
 from bot.reach import address, cause
 from bot.redaction import excerpt
-from bot.timbal.errors import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from bot.timbal.errors import (
+    TimbalAuthError,
+    TimbalBadResponse,
+    TimbalError,
+    TimbalResponseTooLarge,
+    TimbalUnavailable,
+)
+from bot.timbal.listing import (
+    LOGGED_BODY_CHARS,
+    MB,
+    JobList,
+    JobListing,
+    Scan,
+    Sink,
+    read_listing,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a listing larger than this is not an answer we can use
+DEFAULT_MAX_RESPONSE_MB = 256  # ~500,000 jobs; memory does not grow with it (streamed)
 MAX_ERROR_BODY_BYTES = 4096  # enough of an error page to log its start
-LOGGED_BODY_CHARS = 200
 MAX_RETRY_DELAY = 10.0  # seconds; caps both Retry-After and the exponential back-off
 RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 HEADERS = {"Accept": "application/json", "User-Agent": f"timbal-jobs-bot/{__version__}"}
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class JobListing:
-    jobs: list[Job]
-    skipped: int  # items that failed validation (each logged at WARNING)
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -68,29 +76,6 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_DELAY)
-
-
-def _summary(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<item>'}: {e['msg']}" for e in errors)
-
-
-def parse_listing(payload: Any, *, redact: Callable[[str], str] = str) -> JobListing:
-    """The decoded body as a listing: bad items skipped and logged, a bad shape raised."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("jobs"), list):
-        raise TimbalBadResponse("Timbal answered without a list of jobs.")
-    jobs: list[Job] = []
-    for index, item in enumerate(payload["jobs"]):
-        try:
-            jobs.append(Job.model_validate(item))
-        except ValidationError as exc:
-            item_id = repr(item.get("id") if isinstance(item, dict) else None)
-            shown = excerpt(item_id, 100, redact)
-            log.warning("timbal: skipped job item %d (id=%s): %s", index, shown, _summary(exc))
-    skipped = len(payload["jobs"]) - len(jobs)
-    if skipped and not jobs:
-        raise TimbalBadResponse(f"Timbal listed {skipped} jobs, none in the documented shape.")
-    return JobListing(jobs=jobs, skipped=skipped)
 
 
 async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
@@ -111,6 +96,29 @@ class JobsSource(Protocol):
     async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing: ...
 
 
+@runtime_checkable
+class JobsScanner(Protocol):
+    """A source that can stream the listing into a sink (the client; see `scan_jobs`)."""
+
+    async def scan_jobs(
+        self, start: Callable[[], Sink], connector_id: str | None = None
+    ) -> Scan[Sink]: ...
+
+
+async def scan_jobs(
+    source: JobsSource, start: Callable[[], Sink], connector_id: str | None = None
+) -> Scan[Sink]:
+    """Stream `source`'s listing into a sink; a source that can only list (a test double)
+    feeds its list."""
+    if isinstance(source, JobsScanner):
+        return await source.scan_jobs(start, connector_id)
+    listing = await source.list_jobs_detailed(connector_id)
+    sink = start()
+    for job in listing.jobs:
+        sink.add(job)
+    return Scan(sink=sink, jobs=len(listing.jobs), skipped=listing.skipped, size=0)
+
+
 class TimbalClient:
     def __init__(
         self,
@@ -123,6 +131,7 @@ class TimbalClient:
         retries: int = 2,
         backoff: float = 0.25,
         sleep: Sleep = asyncio.sleep,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_MB * MB,
     ) -> None:
         base = httpx.URL(base_url)
         if base.scheme not in ("http", "https") or not base.host or base.userinfo:
@@ -139,6 +148,7 @@ class TimbalClient:
         self._retries = max(retries, 0)
         self._backoff = backoff
         self._sleep = sleep
+        self._max_response_bytes = max_response_bytes
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=self._timeout)
 
@@ -159,6 +169,13 @@ class TimbalClient:
 
     async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
         """Like `list_jobs`, with the count of skipped items."""
+        scan = await self.scan_jobs(JobList, connector_id)
+        return JobListing(jobs=scan.sink.jobs, skipped=scan.skipped)
+
+    async def scan_jobs(
+        self, start: Callable[[], Sink], connector_id: str | None = None
+    ) -> Scan[Sink]:
+        """Stream the listing into `start()`'s sink, a new one for each attempt."""
         # The connector only ever travels as a query parameter, never in the path.
         params = {} if connector_id is None else {"connector_id": connector_id}
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
@@ -168,7 +185,7 @@ class TimbalClient:
         attempts = self._retries + 1
         for attempt in range(attempts):
             try:
-                return await self._attempt(request)
+                return await self._attempt(request, start)
             except _Retry as retry:
                 if attempt + 1 == attempts:
                     raise retry.error from retry.__cause__
@@ -183,11 +200,11 @@ class TimbalClient:
         """Exponential back-off with jitter: between half and all of backoff * 2**attempt."""
         return min(self._backoff * 2.0**attempt * random.uniform(0.5, 1.0), MAX_RETRY_DELAY)
 
-    async def _attempt(self, request: httpx.Request) -> JobListing:
+    async def _attempt(self, request: httpx.Request, start: Callable[[], Sink]) -> Scan[Sink]:
         """One exchange, body included, within the deadline."""
         try:
             async with asyncio.timeout(self._deadline):
-                return await self._exchange(request)
+                return await self._exchange(request, start)
         except TimeoutError as exc:
             where = address(str(request.url))
             late = (
@@ -195,7 +212,7 @@ class TimbalClient:
             )
             raise _Retry(TimbalUnavailable(late)) from exc
 
-    async def _exchange(self, request: httpx.Request) -> JobListing:
+    async def _exchange(self, request: httpx.Request, start: Callable[[], Sink]) -> Scan[Sink]:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -206,7 +223,7 @@ class TimbalClient:
         except httpx.HTTPError as exc:
             raise TimbalError(f"The request to Timbal failed ({type(exc).__name__}).") from exc
         try:
-            return await self._handle(response)
+            return await self._handle(response, start)
         except httpx.DecodingError as exc:
             raise TimbalBadResponse("Timbal sent a body that could not be decoded.") from exc
         except RETRYABLE_ERRORS as exc:  # the connection broke while reading the body
@@ -220,24 +237,32 @@ class TimbalClient:
         where = address(str(request.url))
         return TimbalUnavailable(f"Timbal could not be reached at {where} ({cause(exc)}).")
 
-    async def _handle(self, response: httpx.Response) -> JobListing:
+    async def _handle(self, response: httpx.Response, start: Callable[[], Sink]) -> Scan[Sink]:
         status = response.status_code
         if not 200 <= status < 300:
             head, _ = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
             text = repr(excerpt(head.decode("utf-8", "replace"), LOGGED_BODY_CHARS, self._redact))
             log.warning("timbal: GET %s answered %d: %s", response.request.url, status, text)
             raise self._status_error(response)
-        body, truncated = await _read_bounded(response, MAX_BODY_BYTES)
-        if truncated:
-            raise TimbalBadResponse("Timbal's answer was too large.", status=status)
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
-            shown = body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
-            text = repr(excerpt(shown, LOGGED_BODY_CHARS, self._redact))
-            log.warning("timbal: answer %d is not JSON: %s", status, text)
-            raise TimbalBadResponse("Timbal's answer was not JSON.", status=status) from None
-        return parse_listing(payload, redact=self._redact)
+            declared = response.headers.get("Content-Length", "")
+            plain = "Content-Encoding" not in response.headers
+            if plain and declared.isdigit() and int(declared) > self._max_response_bytes:
+                raise TimbalResponseTooLarge(self._max_response_bytes, status=status)
+            return await read_listing(
+                response.aiter_bytes(),
+                start(),
+                limit=self._max_response_bytes,
+                status=status,
+                redact=self._redact,
+            )
+        except TimbalResponseTooLarge:
+            log.warning(
+                "timbal: GET %s answered more than %d bytes (TIMBAL_MAX_RESPONSE_MB); refused",
+                response.request.url,
+                self._max_response_bytes,
+            )
+            raise
 
     def _redact(self, text: str) -> str:
         """Keep the key out of logged server text (an error page may echo our headers)."""

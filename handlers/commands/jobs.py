@@ -31,7 +31,13 @@ from bot.jobs.listing import (
 from bot.jobs.query import HelpRequest, JobsQuery, QueryError, parse_jobs_command
 from bot.jobs.subcommands import parse as parse_subcommand
 from bot.redaction import Redactor, excerpt
-from bot.timbal import TimbalAuthError, TimbalBadResponse, TimbalError, TimbalUnavailable
+from bot.timbal import (
+    TimbalAuthError,
+    TimbalBadResponse,
+    TimbalError,
+    TimbalResponseTooLarge,
+    TimbalUnavailable,
+)
 from handlers.commands.subscriptions import answer_subcommand
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,12 @@ def describe_failure(error: TimbalError, org_id: str) -> tuple[str, str]:
         )
     if isinstance(error, TimbalUnavailable):
         return "unavailable", "Timbal is not answering right now; try again in a minute."
+    if isinstance(error, TimbalResponseTooLarge):
+        return (
+            "too_large",
+            f"Timbal's answer is larger than the {error.limit // (1024 * 1024)} MB the bot "
+            "accepts; ask an admin to raise TIMBAL_MAX_RESPONSE_MB.",
+        )
     if isinstance(error, TimbalBadResponse):
         return (
             "bad_response",
@@ -96,14 +108,18 @@ async def answer_query(
         outcome, sentence = describe_failure(exc, org_id)
         log.warning("/jobs: Timbal failed (%s): %s", outcome, exc.reason)
         return outcome, render_error(sentence)
-    message = render_jobs_listing(
-        listing.jobs,
-        query=parsed,
-        classifier=services.classifier,
-        now=now,
-        org_id=org_id,
-        skipped=listing.skipped,
-        suggestions=suggestions,
+    message = listing.rendered(  # identical requests sharing a listing share its reply
+        (parsed, tuple(suggestions)),
+        lambda: render_jobs_listing(
+            listing.jobs,
+            query=parsed,
+            classifier=services.classifier,
+            now=now,
+            org_id=org_id,
+            skipped=listing.skipped,
+            suggestions=suggestions,
+            as_of=listing.fetched_at,
+        ),
     )
     return "ok", message
 

@@ -1,0 +1,164 @@
+"""`/jobs` under load: bursts of 200 concurrent signed slash commands across 3 connectors to a
+real bot process (HTTP mode), Timbal answering in 200 ms, the replies read at the fake
+Slack's response URLs. The fake Slack runs in a process of its own (`bench.slack_process`),
+so the load generator and the clock of the replies are not one busy event loop.
+
+- ack: from sending the request to the bot's HTTP 200;
+- reply: from sending the request to the reply's arrival at the response URL;
+- upstream calls: requests the fake Timbal received during the burst.
+
+Each burst starts cold (after JOBS_CACHE_SECONDS), so it is the single-flight that counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bench.procs import BotProcess, log_file, slack_process, until
+from bench.stats import median, percentile
+from bot.sim.slash import SignedRequest, sign, slash_command_body
+from tests.fakes import FakeSlack, FakeTimbal
+from tests.proc import clean_env
+from tests.redis_server import free_port
+
+SECRET = "bench-signing-secret"
+TIMBAL_LATENCY = 0.2
+CACHE_SECONDS = 5.0
+
+
+@dataclass
+class LoadFigures:
+    requests: int
+    ack_p50_ms: float
+    ack_p99_ms: float
+    reply_p50_ms: float
+    reply_p99_ms: float
+    upstream_calls: int  # the most any burst cost
+    timbal_ms: float = TIMBAL_LATENCY * 1000
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+
+async def send(
+    http: aiohttp.ClientSession,
+    base: str,
+    request: SignedRequest,
+    tag: str,
+    sent: dict[str, float],
+    acked: list[float],
+) -> None:
+    """One signed /jobs, as Slack sends it; notes when it went and how long its ack took."""
+    start = time.monotonic()
+    sent[tag] = start
+    async with http.post(
+        f"{base}/slack/events", data=request.body.encode(), headers=request.headers
+    ) as response:
+        await response.read()
+    acked.append((time.monotonic() - start) * 1000)
+    response.raise_for_status()
+
+
+async def upstream(http: aiohttp.ClientSession, control: str) -> int:
+    async with http.get(f"{control}/timbal") as response:
+        return int((await response.json())["requests"])
+
+
+async def measure(redis_url: str, *, bursts: int, size: int) -> LoadFigures:
+    async with slack_process(TIMBAL_LATENCY) as (slack_url, timbal_url, control):
+        return await _measure(redis_url, slack_url, timbal_url, control, bursts=bursts, size=size)
+
+
+async def _measure(
+    redis_url: str, slack_url: str, timbal_url: str, control: str, *, bursts: int, size: int
+) -> LoadFigures:
+    port = free_port()
+    env = clean_env(
+        TIMBAL_API_URL=timbal_url,
+        TIMBAL_API_KEY=FakeTimbal.api_key,
+        TIMBAL_ORG_ID=FakeTimbal.org_id,
+        SLACK_BOT_TOKEN=FakeSlack.bot_token,
+        SLACK_API_URL=f"{slack_url}/api/",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_MODE="http",
+        PORT=str(port),
+        HOST="127.0.0.1",
+        REDIS_URL=redis_url,
+        LOG_LEVEL=os.environ.get("BENCH_BOT_LOG_LEVEL", "WARNING"),
+        JOBS_CACHE_SECONDS=str(CACHE_SECONDS),
+    )
+    bot = BotProcess(env, "--no-poller", "--no-notifier", log=log_file("jobs-load"))
+    base = f"http://127.0.0.1:{port}"
+    acks: list[list[float]] = []
+    replies: list[list[float]] = []
+    calls: list[int] = []
+    try:
+        await bot.start()
+        # aiohttp, the lighter client: the load generator shares the machine with the bot.
+        connector = aiohttp.TCPConnector(limit=size)
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"{base}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(healthy, 60, "the bot's /healthz")
+            for burst in range(bursts):
+                if burst:
+                    await asyncio.sleep(CACHE_SECONDS + 0.5)  # cold again
+                async with http.post(f"{control}/clear") as cleared:
+                    cleared.raise_for_status()
+                before = await upstream(http, control)
+                sent: dict[str, float] = {}
+                acked: list[float] = []
+                tags = [f"b{burst}-{i}" for i in range(size)]
+                signed = [  # signed up front: the burst is the bot's to absorb
+                    sign(
+                        slash_command_body(
+                            text=f"conn-{i % 3}", response_url=f"{control}/response/{tag}"
+                        ),
+                        SECRET,
+                    )
+                    for i, tag in enumerate(tags)
+                ]
+                await asyncio.gather(
+                    *(
+                        send(http, base, r, tag, sent, acked)
+                        for r, tag in zip(signed, tags, strict=True)
+                    )
+                )
+
+                async def arrivals() -> list[list[Any]]:
+                    async with http.get(f"{control}/calls") as response:
+                        found: list[list[Any]] = await response.json()
+                    return found
+
+                async def replied() -> bool:
+                    return len(await arrivals()) >= size
+
+                await until(replied, 60, "every reply")
+                arrived = [
+                    (float(at) - sent[path.rsplit("/", 1)[-1]]) * 1000
+                    for path, at in await arrivals()
+                ]
+                acks.append(acked)
+                replies.append(arrived)
+                calls.append(await upstream(http, control) - before)
+    finally:
+        await bot.stop()
+    return LoadFigures(
+        requests=size,
+        ack_p50_ms=median([percentile(a, 50) for a in acks]),
+        ack_p99_ms=median([percentile(a, 99) for a in acks]),
+        reply_p50_ms=median([percentile(r, 50) for r in replies]),
+        reply_p99_ms=median([percentile(r, 99) for r in replies]),
+        upstream_calls=max(calls),
+        samples={"calls": [float(c) for c in calls]},
+    )

@@ -1,0 +1,122 @@
+"""How a `JobSnapshot` is stored: one short ASCII value per job, in one of `BUCKETS` hashes.
+
+A value is the state class's letter, then the four instants as microseconds since the epoch
+in base 36 (empty for none), then the state as the API names it:
+
+    f<finished_at>|<started_at>|<updated_at>|<last_seen>|<state>     e.g.  fpl8x1s6o0|…|failed
+
+Exact (instants compare equal after a round trip; they come back in UTC) and about 55 bytes,
+so a bucket of up to 128 jobs stays a listpack, Redis' compact encoding for small hashes
+(`hash-max-listpack-entries` 128, `-value` 64): about 90 bytes a job in all, where one JSON
+value per job in one big hash cost ~290. Jobs are spread over the buckets by the CRC-32 of
+their id, so a poll writes only the fields of the jobs that changed.
+
+`LegacySnapshot` reads the format before (JSON in one hash, `Keys.snapshot`), to migrate it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from bot.domain.models import Timestamp
+from bot.domain.snapshot import JobSnapshot
+from bot.domain.states import StateClass
+
+BUCKETS = 1024  # ~49 jobs a bucket at 50,000 jobs; still listpacks up to ~100,000 jobs
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+CLASS_LETTER = {
+    StateClass.ACTIVE: "a",
+    StateClass.SUCCEEDED: "s",
+    StateClass.FAILED: "f",
+    StateClass.CANCELLED: "c",
+    StateClass.OTHER: "o",
+}
+LETTER_CLASS = {letter: cls for cls, letter in CLASS_LETTER.items()}
+
+
+class SnapshotUnreadable(ValueError):
+    """A stored value that is not a snapshot (hand-edited, truncated, another format)."""
+
+
+def bucket_of(job_id: str) -> int:
+    return zlib.crc32(job_id.encode("utf-8", "surrogatepass")) % BUCKETS
+
+
+def _base36(n: int) -> str:
+    if n < 0:
+        return "-" + _base36(-n)
+    out = ""
+    while True:
+        n, digit = divmod(n, 36)
+        out = DIGITS[digit] + out
+        if not n:
+            return out
+
+
+def _instant(when: datetime | None) -> str:
+    return "" if when is None else _base36((when - EPOCH) // MICROSECOND)
+
+
+def encode(snapshot: JobSnapshot) -> str:
+    return (
+        f"{CLASS_LETTER[snapshot.state_class]}{_instant(snapshot.finished_at)}"
+        f"|{_instant(snapshot.started_at)}|{_instant(snapshot.updated_at)}"
+        f"|{_instant(snapshot.last_seen)}|{snapshot.state}"
+    )
+
+
+class Decoder:
+    """Decodes stored values; instants and states met before are shared, not rebuilt (a
+    whole org's snapshots share a few `last_seen` values and a handful of states)."""
+
+    def __init__(self) -> None:
+        self._instants: dict[str, datetime] = {}
+        self._states: dict[str, str] = {}
+
+    def _when(self, text: str) -> datetime:
+        when = self._instants.get(text)
+        if when is None:
+            when = self._instants[text] = EPOCH + int(text, 36) * MICROSECOND
+        return when
+
+    def decode(self, value: str) -> JobSnapshot:
+        try:
+            finished, started, updated, seen, state = value[1:].split("|", 4)
+            return JobSnapshot(
+                state=self._states.setdefault(state, state),
+                state_class=LETTER_CLASS[value[0]],
+                finished_at=self._when(finished) if finished else None,
+                started_at=self._when(started) if started else None,
+                updated_at=self._when(updated),
+                last_seen=self._when(seen),
+            )
+        except (ValueError, KeyError, IndexError, OverflowError) as exc:
+            raise SnapshotUnreadable(f"not a stored snapshot ({type(exc).__name__})") from None
+
+
+class LegacySnapshot(BaseModel):
+    """A snapshot as JSON, the format of `Keys.snapshot` before issue 11."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: str
+    state_class: StateClass
+    finished_at: Timestamp | None
+    started_at: Timestamp | None
+    updated_at: Timestamp
+    last_seen: Timestamp
+
+    def snapshot(self) -> JobSnapshot:
+        return JobSnapshot(
+            self.state,
+            self.state_class,
+            self.finished_at,
+            self.started_at,
+            self.updated_at,
+            self.last_seen,
+        )

@@ -1,0 +1,149 @@
+"""`/jobs` under load: identical requests share one Timbal call (single-flight) and, for
+JOBS_CACHE_SECONDS, its answer; the reply says when the listing was read."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from bot.app.config import load_settings
+from bot.app.runtime import Runtime, running
+from bot.domain.models import Job
+from bot.jobs.cache import SharedListings
+from bot.timbal import JobListing, TimbalUnavailable
+from tests.fakes import FakeSlack, FakeTimbal, make_job
+from tests.slack_requests import post, slash_command
+from tests.waiting import wait_until
+
+SIGNING_SECRET = "test-signing-secret"  # the bot_env fixture's
+T0 = datetime(2026, 11, 29, 14, 3, 7, tzinfo=UTC)
+
+
+@dataclass
+class SlowSource:
+    """A JobsSource that answers when told to (`release`), and counts its calls."""
+
+    calls: list[str | None] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: Exception | None = None
+
+    async def list_jobs(self, connector_id: str | None = None) -> list[Job]:
+        return (await self.list_jobs_detailed(connector_id)).jobs
+
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
+        self.calls.append(connector_id)
+        await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        job = Job.model_validate(make_job("j1", connector_id=connector_id or "any"))
+        return JobListing(jobs=[job], skipped=0)
+
+
+async def test_concurrent_identical_requests_share_one_call_per_scope() -> None:
+    source = SlowSource()
+    shared = SharedListings(source, ttl=60, clock=lambda: T0)
+    scopes = [None, "a", "b", "c"]
+    waiting = [asyncio.create_task(shared.list_jobs_detailed(scopes[i % 4])) for i in range(200)]
+    await wait_until(lambda: len(source.calls) == 4)
+    source.gate.set()
+    listings = await asyncio.gather(*waiting)
+    assert sorted(source.calls, key=str) == sorted(scopes, key=str)
+    assert all(listing.fetched_at == T0 for listing in listings)
+    assert listings[1] is listings[5]  # one answer, shared
+    again = await shared.list_jobs_detailed("a")  # fresh for the ttl: no call
+    assert again is listings[1] and len(source.calls) == 4
+    await shared.aclose()
+
+
+async def test_a_failure_is_shared_but_not_kept() -> None:
+    source = SlowSource(failure=TimbalUnavailable("Timbal answered 503."))
+    shared = SharedListings(source, ttl=60)
+    waiting = [asyncio.create_task(shared.list_jobs_detailed("a")) for _ in range(5)]
+    await wait_until(lambda: len(source.calls) == 1)
+    source.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, TimbalUnavailable) for r in results)
+    source.failure = None
+    assert (await shared.list_jobs_detailed("a")).jobs  # asked again
+    assert len(source.calls) == 2
+    await shared.aclose()
+
+
+async def test_a_stale_answer_is_dropped_and_asked_for_again() -> None:
+    source = SlowSource()
+    source.gate.set()
+    shared = SharedListings(source, ttl=0.05)
+    first = await shared.list_jobs_detailed()
+
+    async def renewed() -> bool:
+        return await shared.list_jobs_detailed() is not first
+
+    await wait_until(renewed)
+    assert len(source.calls) >= 2
+    await shared.aclose()
+
+
+# --- over HTTP, as Slack sends them ------------------------------------------------------------
+
+
+@pytest.fixture
+async def rt(bot_env: dict[str, str], redis_url: str) -> AsyncIterator[Runtime]:
+    settings = load_settings(port=0, redis_url=redis_url, host="127.0.0.1")
+    async with running(settings, poller=False, notifier=False) as runtime:
+        yield runtime
+
+
+async def test_200_concurrent_jobs_across_3_connectors_cost_at_most_6_calls(
+    rt: Runtime, fake_slack: FakeSlack, fake_timbal: FakeTimbal
+) -> None:
+    for i in range(30):
+        fake_timbal.upsert(f"j{i}", connector_id=f"conn-{i % 3}", state="running")
+    fake_timbal.delay = 0.2  # Timbal takes 200 ms to answer
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        requests = [
+            slash_command(
+                text=f"conn-{i % 3}",
+                response_url=fake_slack.response_url(f"r{i}"),
+                signing_secret=SIGNING_SECRET,
+            )
+            for i in range(200)
+        ]
+        acks = await asyncio.gather(
+            *(post(http, rt.base_url + "/slack/events", r) for r in requests)
+        )
+    assert all(ack.status_code == 200 for ack in acks)
+    await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 200, within=60)
+    assert len(fake_timbal.requests) <= 6
+    replies = fake_slack.calls_to("response_url")
+    texts = {call.body["text"] for call in replies}
+    assert texts == {f"10 jobs for connector `conn-{n}`: 10 running" for n in range(3)}
+
+
+async def test_the_reply_says_when_the_listing_was_read(
+    rt: Runtime, fake_slack: FakeSlack, fake_timbal: FakeTimbal
+) -> None:
+    fake_timbal.upsert("j1", state="failed", finished_at=datetime.now(UTC).isoformat())
+    request = slash_command(
+        text="", response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 1)
+    (call,) = fake_slack.calls_to("response_url")
+    footer = call.body["blocks"][-1]["elements"][0]["text"]
+    assert re.search(r"as of <!date\^\d+\^\{time_secs\}\|\d\d:\d\d:\d\d UTC>$", footer), footer
+
+
+def test_a_listing_made_from_another_renders_anew() -> None:
+    listing = JobListing(jobs=[], skipped=0)
+    assert listing.rendered("k", lambda: "first") == "first"
+    assert listing.rendered("k", lambda: "second") == "first"  # kept with the listing
+    stamped = replace(listing, fetched_at=T0)
+    assert stamped.rendered("k", lambda: "second") == "second"
