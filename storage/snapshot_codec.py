@@ -1,11 +1,14 @@
 """How a `JobSnapshot` is stored: one short ASCII value per job, in one of `BUCKETS` hashes.
 
-A value is the state class's letter, then the four instants as microseconds since the epoch
-in base 36 (empty for none), then the state as the API names it:
+A value is the state class's letter and the run's hung-job marks (`S` stalled, `L` long
+running), then the four instants as microseconds since the epoch in base 36 (empty for
+none), the time of last progress (empty: `updated_at`), `rows_emitted` in base 36, then the
+state as the API names it:
 
-    f<finished_at>|<started_at>|<updated_at>|<last_seen>|<state>     e.g.  fpl8x1s6o0|…|failed
+    f<finished_at>|<started_at>|<updated_at>|<last_seen>|<progress_at>|<rows>|<state>
+    e.g.  fpl8x1s6o0|…||2bi|failed          aSpl8x1s6o0|…||2bi|running
 
-Exact (instants compare equal after a round trip; they come back in UTC) and about 55 bytes,
+Exact (instants compare equal after a round trip; they come back in UTC) and about 60 bytes,
 so a bucket of up to 128 jobs stays a listpack, Redis' compact encoding for small hashes
 (`hash-max-listpack-entries` 128, `-value` 64): about 90 bytes a job in all, where one JSON
 value per job in one big hash cost ~290. Jobs are spread over the buckets by the CRC-32 of
@@ -63,10 +66,12 @@ def _instant(when: datetime | None) -> str:
 
 
 def encode(snapshot: JobSnapshot) -> str:
+    marks = ("S" if snapshot.stalled else "") + ("L" if snapshot.long_running else "")
+    rows = "" if snapshot.rows is None else _base36(snapshot.rows)
     return (
-        f"{CLASS_LETTER[snapshot.state_class]}{_instant(snapshot.finished_at)}"
+        f"{CLASS_LETTER[snapshot.state_class]}{marks}{_instant(snapshot.finished_at)}"
         f"|{_instant(snapshot.started_at)}|{_instant(snapshot.updated_at)}"
-        f"|{_instant(snapshot.last_seen)}|{snapshot.state}"
+        f"|{_instant(snapshot.last_seen)}|{_instant(snapshot.progress_at)}|{rows}|{snapshot.state}"
     )
 
 
@@ -86,14 +91,21 @@ class Decoder:
 
     def decode(self, value: str) -> JobSnapshot:
         try:
-            finished, started, updated, seen, state = value[1:].split("|", 4)
+            head, started, updated, seen, progress, rows, state = value.split("|", 6)
+            stalled = head[1:2] == "S"
+            long_running = head[1 + stalled : 2 + stalled] == "L"
+            finished = head[1 + stalled + long_running :]
             return JobSnapshot(
                 state=self._states.setdefault(state, state),
-                state_class=LETTER_CLASS[value[0]],
+                state_class=LETTER_CLASS[head[0]],
                 finished_at=self._when(finished) if finished else None,
                 started_at=self._when(started) if started else None,
                 updated_at=self._when(updated),
                 last_seen=self._when(seen),
+                rows=int(rows, 36) if rows else None,
+                progress_at=self._when(progress) if progress else None,
+                stalled=stalled,
+                long_running=long_running,
             )
         except (ValueError, KeyError, IndexError, OverflowError) as exc:
             raise SnapshotUnreadable(f"not a stored snapshot ({type(exc).__name__})") from None

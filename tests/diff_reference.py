@@ -1,5 +1,7 @@
 """The diff as it was before it was made incremental (issue 11), kept verbatim as an oracle:
-`tests/test_diff.py` checks that `bot.alerts.diff` computes the same result for any input."""
+`tests/test_diff.py` checks that `bot.alerts.diff` computes the same result for any input.
+One addition since: a snapshot carries its run's progress over (`continued`, issue 10), as the
+incremental diff does; hung-run detection itself is off here and tested by its own table."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from bot.alerts.diff import (
     _backfill_kind,
     _event_order,
     _transition,
+    continued,
 )
 from bot.domain.events import JobEvent
 from bot.domain.models import Job
@@ -39,8 +42,8 @@ def reference_diff(
 
     for job_id, job in latest.items():
         state_class = classifier.classify(job)
-        current = JobSnapshot.of(job, state_class, now)
         prev = previous.get(job_id) if previous is not None else None
+        current = continued(prev, JobSnapshot.of(job, state_class, now))
         if prev is None or not prev.same_job_state(current) or now - prev.last_seen >= resolution:
             upserts[job_id] = current
         if previous is None:

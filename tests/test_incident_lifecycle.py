@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bot.alerts.cards import render_recovered, status_line
 from bot.alerts.incidents import Step, happened_at, step
 from bot.domain.delivery import Route
 from bot.domain.events import EventKind, JobEvent
@@ -151,3 +152,37 @@ def test_a_replayed_event_takes_the_same_step_and_counts_nothing() -> None:
     assert joined is not None
     replayed = step(joined, second, POSTS, card="second|card", now=NOW)
     assert replayed.step is Step.JOIN and replayed.after == joined
+
+
+def test_a_hang_opens_its_incident_when_the_trouble_began() -> None:
+    stall = event(EventKind.STALLED, 30).model_copy(update={"since": T0 + timedelta(minutes=12)})
+    opened = step(None, stall, POSTS, card=CARD, now=NOW).after
+    assert opened is not None and opened.opened_at == T0 + timedelta(minutes=12)  # last moved
+    long_run = event(EventKind.LONG_RUNNING, 120)
+    opened = step(None, long_run, POSTS, card=CARD, now=NOW).after
+    assert opened is not None and opened.opened_at == T0  # the run's start
+    assert happened_at(event(EventKind.PROGRESSING, 40)) == T0 + timedelta(minutes=40, seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "failures", "status", "recovered"),
+    [
+        (EventKind.FAILED, 1, "Failed once since", "Recovered after 1 failure over"),
+        (EventKind.FAILED, 3, "Failed 3 times since", "Recovered after 3 failures over"),
+        (EventKind.STALLED, 1, "Stalled: no progress since", "Recovered after a stall over"),
+        (
+            EventKind.LONG_RUNNING,
+            1,
+            "longer than expected",
+            "Recovered after a long run over",
+        ),
+        (EventKind.STALLED, 2, "2 failures since", "Recovered after 2 failures over"),
+    ],
+)
+def test_the_card_says_what_the_incident_was(
+    kind: EventKind, failures: int, status: str, recovered: str
+) -> None:
+    incident = OPEN.model_copy(update={"last": event(kind, 9), "failures": failures})
+    assert status in status_line(incident)
+    done = render_recovered(incident, event(EventKind.SUCCEEDED, 50))
+    assert recovered in done.text

@@ -345,3 +345,55 @@ async def test_ops_alert_when_timbal_keeps_failing_and_when_it_recovers(
     assert len(ops(fake_slack, "Timbal answers again")) == 1
     status = shown(await bot.command("status", channel=CH))
     assert "Last successful poll" in status and "Open incidents" in status
+
+
+@pytest.mark.parametrize(
+    "bot", [{"stall_after_seconds": 900, "long_running_after_seconds": 0}], indirect=True
+)
+async def test_a_stalled_run_opens_a_card_progress_threads_into_it_and_success_recovers(
+    bot: Bot, fake_timbal: FakeTimbal, fake_slack: FakeSlack, redis_client: aioredis.Redis
+) -> None:
+    started = bot.clock.now - timedelta(minutes=1)
+    fake_timbal.upsert(
+        "pg-orders-r1",
+        connector_id="pg-orders",
+        state="running",
+        started_at=started.isoformat(),
+        updated_at=bot.clock.now.isoformat(),
+        rows_emitted=40,
+    )
+    await _baseline(fake_timbal, redis_client)
+    polls = len(fake_timbal.requests)
+    await wait_until(lambda: len(fake_timbal.requests) >= polls + 2, what="polls of a live run")
+    assert not cards(fake_slack)  # moving recently: not hung
+
+    last_move = bot.clock.now
+    bot.clock.now += timedelta(minutes=16)  # no progress for 16 minutes
+    await fake_slack.wait_for(lambda f: len(cards(f)) == 1, within=15)
+    [card] = cards(fake_slack)
+    ts = str(card["ts"])
+    assert card["text"].startswith(f"<!subteam^{ONCALL}> ")  # a hang pages like a failure
+    assert "pg-orders" in shown(card) and "stalled" in shown(card)
+    assert {ACK, MUTE, RUNS} <= action_ids(card)
+    polls = len(fake_timbal.requests)
+    await wait_until(lambda: len(fake_timbal.requests) >= polls + 2, what="more polls")
+    assert len(cards(fake_slack)) == 1 and not thread(fake_slack, ts)  # once per run
+
+    fake_timbal.upsert("pg-orders-r1", updated_at=bot.clock.now.isoformat(), rows_emitted=900)
+    await fake_slack.wait_for(lambda f: len(thread(f, ts)) == 1, within=15)
+    [moving] = thread(fake_slack, ts)
+    assert "progressing again" in shown(moving)
+    assert ONCALL not in shown(moving)
+
+    fake_timbal.upsert(
+        "pg-orders-r1",
+        state="succeeded",
+        finished_at=bot.clock.now.isoformat(),
+        rows_emitted=1500,
+    )
+    await fake_slack.wait_for(lambda f: len(thread(f, ts)) == 2, within=15)
+    recovered = shown(thread(fake_slack, ts)[1])
+    assert "Recovered after a stall over 16m" in recovered  # from its last progress
+    assert "recovered after a stall" in current(fake_slack, ts)["text"]
+    assert len(cards(fake_slack)) == 1  # the success went into the card, not the channel
+    assert last_move.isoformat() in json.dumps(card.get("metadata"))  # the stall's own id

@@ -69,6 +69,16 @@ def _failures(n: int) -> str:
     return f"{fmt_count(n)} failure{'s' if n != 1 else ''}"
 
 
+HUNG_ALONE = {EventKind.STALLED: "a stall", EventKind.LONG_RUNNING: "a long run"}
+
+
+def _what(incident: Incident) -> str:
+    """What the incident was: "3 failures", or "a stall" when that was all of it."""
+    if incident.failures == 1 and incident.last.kind in HUNG_ALONE:
+        return HUNG_ALONE[incident.last.kind]
+    return _failures(incident.failures)
+
+
 def status_line(incident: Incident) -> str:
     """ "Failed once since 14:02", "Failed 3 times since 14:02; last: <message>" (a stall or a
     long run says so)."""
@@ -76,6 +86,10 @@ def status_line(incident: Incident) -> str:
     since = date_token(incident.opened_at)
     if incident.last.kind is EventKind.FAILED:
         head = f"Failed {_times(incident.failures)} since {since}"
+    elif incident.failures == 1 and incident.last.kind is EventKind.STALLED:
+        head = f"Stalled: no progress since {since}"
+    elif incident.failures == 1 and incident.last.kind is EventKind.LONG_RUNNING:
+        head = f"Running since {since}, longer than expected"
     else:
         said = KIND_SAID.get(incident.last.kind, "failed")
         head = f"{_failures(incident.failures)} since {since}, the last: {said}"
@@ -135,7 +149,7 @@ def render_card(
             SectionBlock(
                 text=mrkdwn(
                     f":white_check_mark: *Recovered* {date_token(resolved_at)} after "
-                    f"{_failures(incident.failures)} over {took}"
+                    f"{_what(incident)} over {took}"
                 )
             )
         )
@@ -156,7 +170,7 @@ def render_card(
     blocks = blocks[:room] + [b.to_dict() for b in extra]
     text = body.text
     if resolved_at is not None:
-        text = f"✅ {clip(incident.connector, 80)} recovered after {_failures(incident.failures)}"
+        text = f"✅ {clip(incident.connector, 80)} recovered after {_what(incident)}"
     return AlertMessage(text=truncate(text, 3000), blocks=blocks)
 
 
@@ -184,7 +198,7 @@ def render_recovered(incident: Incident, event: JobEvent) -> AlertMessage:
     took = _took(incident.opened_at, when)
     rows = f", {fmt_count(job.rows_emitted)} rows" if job.rows_emitted else ", but emitted no rows"
     return _one(
-        f":white_check_mark: Recovered after {_failures(incident.failures)} over {took}: "
+        f":white_check_mark: Recovered after {_what(incident)} over {took}: "
         f"job {inline_code(job.id, 80)} succeeded {date_token(when)}{rows}."
     )
 

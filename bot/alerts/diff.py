@@ -22,6 +22,13 @@ Transitions (`DESIGN.md`, "Job semantics"):
   duplicate of the first alert); same class (e.g. "error" -> "failed"): nothing;
 - `started` only with `alert_on_started`: a job seen active with a `started_at` it did not
   have before (queued -> running, or first seen running);
+- hung runs (a run is an active job with a `started_at`; a new `started_at` is a new run):
+  `stalled` once per run when its `rows_emitted` and `updated_at` have not changed for
+  `stall_after` (the event's `since` is its last progress), then `progressing` when it moves
+  again (and it may stall again); `long_running` once per run when it is still active
+  `long_running_after` past its `started_at`, unless it is stalled (the stall said more).
+  A zero threshold turns its check off. The baseline poll only records; a run already hung
+  then alerts on the next poll. A job waiting in a queue (no `started_at`) is not hung;
 - a job missing from the listing is dropped from the snapshot once it has been missing for
   longer than `vanish_grace` (see `last_seen` below).
 
@@ -36,6 +43,7 @@ vanished job for at least `vanish_grace` (and at most 1.25 x it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bot.domain.events import TERMINAL_KIND, EventKind, JobEvent
@@ -57,6 +65,8 @@ def diff(
     backfill: timedelta = timedelta(0),
     vanish_grace: timedelta = timedelta(hours=1),
     alert_on_started: bool = False,
+    stall_after: timedelta = timedelta(0),
+    long_running_after: timedelta = timedelta(0),
 ) -> DiffResult:
     """Compare a listing with the snapshots of the last poll; see the module docstring."""
     differ = Differ(
@@ -67,6 +77,8 @@ def diff(
         backfill=backfill,
         vanish_grace=vanish_grace,
         alert_on_started=alert_on_started,
+        stall_after=stall_after,
+        long_running_after=long_running_after,
     )
     for job in jobs:
         differ.add(job)
@@ -86,6 +98,8 @@ class Differ:
         backfill: timedelta = timedelta(0),
         vanish_grace: timedelta = timedelta(hours=1),
         alert_on_started: bool = False,
+        stall_after: timedelta = timedelta(0),
+        long_running_after: timedelta = timedelta(0),
     ) -> None:
         self._previous = previous
         self._now = now
@@ -101,6 +115,10 @@ class Differ:
         self._upserts: dict[str, JobSnapshot] = {}
         self._events: dict[str, JobEvent] = {}
         self._classes: dict[tuple[str, bool], StateClass] = {}  # a listing has few states
+        # A run whose last progress is at or before this has stalled (None: not watched).
+        self._stalled_by = now - stall_after if stall_after > timedelta(0) else None
+        self._long_by = now - long_running_after if long_running_after > timedelta(0) else None
+        self._watch = previous is not None and (self._stalled_by or self._long_by) is not None
 
     def add(self, job: Job) -> None:
         job_id = job.id
@@ -118,11 +136,14 @@ class Differ:
             state_class = self._classifier.classify_state(job.state, finished=finished)
             self._classes[job.state, finished] = state_class
         if prev is not None and prev.describes(job, state_class):
-            # Nothing an event depends on changed (see _transition): at most a refresh.
+            # Nothing an event depends on changed (see _transition): a hung run's alert, or at
+            # most a refresh.
+            if self._watch and state_class is StateClass.ACTIVE and self._hung(job, prev, prev):
+                return
             if prev.last_seen <= self._refresh_by:
                 self._upserts[job_id] = prev.seen(self._now)
             return
-        current = JobSnapshot.of(job, state_class, self._now)
+        current = continued(prev, JobSnapshot.of(job, state_class, self._now))
         self._upserts[job_id] = current
         if previous is None:
             kind = _backfill_kind(job, state_class, self._now, self._backfill)
@@ -132,6 +153,47 @@ class Differ:
             self._events[job_id] = JobEvent(
                 org_id=self._org_id, kind=kind, job=job, detected_at=self._now
             )
+        elif self._watch and state_class is StateClass.ACTIVE:
+            self._hung(job, prev, current)
+
+    def _hung(self, job: Job, prev: JobSnapshot | None, current: JobSnapshot) -> bool:
+        """Raise a hung-run event for `current` (a continuation of `prev`), if one is due;
+        True when it did (and upserted the snapshot that records it)."""
+        if current.started_at is None:
+            return False
+        kind: EventKind | None = None
+        since: datetime | None = None
+        marked = current
+        if (
+            prev is not None
+            and prev.stalled
+            and not current.stalled  # it moved (see `continued`)
+            and prev.started_at == current.started_at  # the same run
+            and prev.state_class is StateClass.ACTIVE
+        ):
+            kind, since = EventKind.PROGRESSING, prev.progressed_at
+        elif (
+            self._stalled_by is not None
+            and not current.stalled
+            and current.progressed_at <= self._stalled_by
+        ):
+            kind, since = EventKind.STALLED, current.progressed_at
+            marked = replace(current, stalled=True, last_seen=self._now)
+        elif (
+            self._long_by is not None
+            and not current.long_running
+            and not current.stalled
+            and current.started_at <= self._long_by
+        ):
+            kind = EventKind.LONG_RUNNING
+            marked = replace(current, long_running=True, last_seen=self._now)
+        if kind is None:
+            return False
+        self._upserts[job.id] = marked
+        self._events[job.id] = JobEvent(
+            org_id=self._org_id, kind=kind, job=job, detected_at=self._now, since=since
+        )
+        return True
 
     def result(self) -> DiffResult:
         previous = self._previous
@@ -173,6 +235,30 @@ def _transition(
     ):
         return EventKind.STARTED
     return None
+
+
+def continued(prev: JobSnapshot | None, current: JobSnapshot) -> JobSnapshot:
+    """`current` with what it carries over from `prev` when both are the same active run: the
+    time of its last progress while it has not moved, and its hung-run marks (a move clears
+    `stalled`; `long_running` stays for the run)."""
+    if (
+        prev is None
+        or prev.state_class is not StateClass.ACTIVE
+        or current.state_class is not StateClass.ACTIVE
+        or prev.started_at != current.started_at
+    ):
+        return current
+    moved = prev.rows != current.rows or prev.updated_at != current.updated_at
+    if not moved:
+        return replace(
+            current,
+            progress_at=prev.progress_at,
+            stalled=prev.stalled,
+            long_running=prev.long_running,
+        )
+    if prev.rows != current.rows and prev.updated_at == current.updated_at:
+        current = replace(current, progress_at=current.last_seen)  # rows moved, the clock not
+    return replace(current, long_running=prev.long_running) if prev.long_running else current
 
 
 def _backfill_kind(

@@ -56,8 +56,13 @@ class Outcome:
 
 
 def happened_at(event: JobEvent) -> Timestamp:
-    """When the event's transition happened (a failure's finish, else when it was seen)."""
-    if event.kind in (EventKind.STALLED, EventKind.LONG_RUNNING, EventKind.PROGRESSING):
+    """When the event's trouble began: a failure's finish, a stall's last progress, a long
+    run's start; else when it was seen."""
+    if event.kind is EventKind.STALLED:
+        return event.since or event.detected_at
+    if event.kind is EventKind.LONG_RUNNING:
+        return event.job.started_at or event.detected_at
+    if event.kind is EventKind.PROGRESSING:
         return event.detected_at
     return event.job.finished_at or event.detected_at
 

@@ -126,6 +126,8 @@ class Poller:
         backfill: timedelta = timedelta(0),
         vanish_grace: timedelta = timedelta(hours=1),
         alert_on_started: bool = False,
+        stall_after: timedelta = timedelta(0),
+        long_running_after: timedelta = timedelta(0),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lease: LeaseLike | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -143,6 +145,8 @@ class Poller:
         self._backfill = backfill
         self._vanish_grace = vanish_grace
         self._alert_on_started = alert_on_started
+        self._stall_after = stall_after
+        self._long_running_after = long_running_after
         self._clock = clock
         self._monotonic = monotonic
         self._wait = wait
@@ -185,6 +189,8 @@ class Poller:
                 backfill=self._backfill,
                 vanish_grace=self._vanish_grace,
                 alert_on_started=self._alert_on_started,
+                stall_after=self._stall_after,
+                long_running_after=self._long_running_after,
             )
 
         scan = await scan_jobs(self._timbal, differ)

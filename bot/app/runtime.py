@@ -150,6 +150,8 @@ def build_poller(
         backfill=timedelta(seconds=settings.backfill_seconds),
         vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
         alert_on_started=settings.alert_on_started,
+        stall_after=timedelta(seconds=settings.stall_after_seconds),
+        long_running_after=timedelta(seconds=settings.long_running_after_seconds),
         metrics=metrics,
         identity=identity,
         clock=clock,

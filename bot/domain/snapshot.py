@@ -17,7 +17,13 @@ from bot.domain.states import StateClass
 
 @dataclass(frozen=True, slots=True)
 class JobSnapshot:
-    """What we remember about one job between two polls."""
+    """What we remember about one job between two polls.
+
+    `rows` and `progress_at` watch an active run for progress: `progress_at` is when its
+    `rows_emitted` or `updated_at` last changed (the job's `updated_at`, never later than the
+    poll that saw it). `stalled` and `long_running` record that the run has alerted so, once
+    per run. `rows` is None for a snapshot stored before it was kept.
+    """
 
     state: str
     state_class: StateClass
@@ -25,26 +31,39 @@ class JobSnapshot:
     started_at: datetime | None
     updated_at: datetime
     last_seen: datetime
+    rows: int | None = None
+    progress_at: datetime | None = None  # None: `updated_at`
+    stalled: bool = False
+    long_running: bool = False
 
     @classmethod
     def of(cls, job: Job, state_class: StateClass, now: datetime) -> JobSnapshot:
+        updated = job.updated_at
         return cls(
             state=job.state,
             state_class=state_class,
             finished_at=job.finished_at,
             started_at=job.started_at,
-            updated_at=job.updated_at,
+            updated_at=updated,
             last_seen=now,
+            rows=job.rows_emitted,
+            progress_at=None if updated <= now else now,
         )
 
+    @property
+    def progressed_at(self) -> datetime:
+        """When the run last made progress (see the class docstring)."""
+        return self.updated_at if self.progress_at is None else self.progress_at
+
     def same_job_state(self, other: JobSnapshot) -> bool:
-        """Equal in everything but `last_seen`."""
+        """Equal in what the job says (not in `last_seen` or what the poller derived)."""
         return (
             self.state == other.state
             and self.state_class == other.state_class
             and self.finished_at == other.finished_at
             and self.started_at == other.started_at
             and self.updated_at == other.updated_at
+            and self.rows == other.rows
         )
 
     def describes(self, job: Job, state_class: StateClass) -> bool:
@@ -55,12 +74,22 @@ class JobSnapshot:
             and self.finished_at == job.finished_at
             and self.started_at == job.started_at
             and self.updated_at == job.updated_at
+            and self.rows == job.rows_emitted
         )
 
     def seen(self, now: datetime) -> JobSnapshot:
         """The same snapshot, seen at `now`."""
-        return JobSnapshot(
-            self.state, self.state_class, self.finished_at, self.started_at, self.updated_at, now
+        return JobSnapshot(  # not dataclasses.replace: this runs for every job, now and then
+            self.state,
+            self.state_class,
+            self.finished_at,
+            self.started_at,
+            self.updated_at,
+            now,
+            self.rows,
+            self.progress_at,
+            self.stalled,
+            self.long_running,
         )
 
 
