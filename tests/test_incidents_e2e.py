@@ -397,3 +397,32 @@ async def test_a_stalled_run_opens_a_card_progress_threads_into_it_and_success_r
     assert "recovered after a stall" in current(fake_slack, ts)["text"]
     assert len(cards(fake_slack)) == 1  # the success went into the card, not the channel
     assert last_move.isoformat() in json.dumps(card.get("metadata"))  # the stall's own id
+
+
+OPS = "C0OPS"
+
+
+@pytest.mark.parametrize("bot", [{"ops_channel": OPS, "ops_slack_pause_seconds": 2}], indirect=True)
+async def test_ops_alert_when_slack_holds_alerts_back_and_when_it_delivers_again(
+    bot: Bot, fake_timbal: FakeTimbal, fake_slack: FakeSlack, redis_client: aioredis.Redis
+) -> None:
+    await _baseline(fake_timbal, redis_client)
+    # Slack rate-limits the alert channel, over and over: its alerts wait, the ops channel not.
+    fake_slack.fail("chat.postMessage", status=429, retry_after=1, channel=CH, times=10**6)
+    fail(fake_timbal, "pg-orders-r1", T0)
+
+    def ops(words: str) -> list[dict[str, Any]]:
+        return [m for m in fake_slack.posted(OPS) if words in str(m["text"])]
+
+    await fake_slack.wait_for(lambda f: bool(ops("Slack delivery is paused")), within=30)
+    [raised] = ops("Slack delivery is paused")
+    assert "nothing delivered for" in shown(raised) and "rate limited" in shown(raised)
+    assert not cards(fake_slack)  # the alert is still waiting
+
+    fake_slack.failures.clear()  # Slack lets the channel through again
+    await fake_slack.wait_for(lambda f: len(cards(f)) == 1, within=30)  # the alert, once
+    await fake_slack.wait_for(lambda f: bool(ops("Slack delivery resumed")), within=30)
+    await asyncio.sleep(2.5)  # another pause window: nothing more is said
+    assert len(ops("Slack delivery is paused")) == 1
+    assert len(ops("Slack delivery resumed")) == 1
+    assert len(cards(fake_slack)) == 1

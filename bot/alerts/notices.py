@@ -71,7 +71,7 @@ def render_mute_summary(summary: MuteSummary) -> AlertMessage:
 
 OPS_RAISED = {
     OpsSubject.TIMBAL: ":satellite_antenna: Timbal is failing: the bot cannot list jobs",
-    OpsSubject.SLACK: ":pause_button: Slack delivery has been paused for over a minute",
+    OpsSubject.SLACK: ":pause_button: Slack delivery is paused: alerts are waiting",
     OpsSubject.BACKLOG: ":inbox_tray: The alert backlog keeps growing",
 }
 OPS_RECOVERED = {

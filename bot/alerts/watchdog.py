@@ -5,7 +5,8 @@ takeover neither repeats nor forgets it):
 
 - `timbal`: the listing failed `polls` polls in a row (OPS_ALERT_AFTER_POLLS); well again at
   the next successful poll.
-- `slack`: delivery has been paused longer than `slack_pause` seconds: the workspace pause (a
+- `slack`: delivery has been paused longer than `slack_pause` seconds
+  (OPS_SLACK_PAUSE_SECONDS): the workspace pause (a
   token or scope problem), or a channel with alerts waiting that has not delivered since
   (429s, back-offs); well again once nothing waits that long.
 - `backlog`: the outbox grew at every one of the last `backlog_samples` samples (one a

@@ -191,6 +191,7 @@ class Settings(TimbalSettings, StoreSettings):
     stall_after_seconds: float = Field(default=900.0, ge=0.0)  # 0: off
     ops_channel: str | None = None  # unset: ALERT_CHANNEL
     ops_alert_after_polls: int = Field(default=4, ge=1, le=1000)
+    ops_slack_pause_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
 
     @field_validator("subscription_admins", mode="before")
     @classmethod

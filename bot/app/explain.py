@@ -61,6 +61,7 @@ HINTS: dict[str, str] = {
     "stall_after_seconds": f"{SECONDS}, 0 (off) or more, e.g. 900",
     "ops_channel": "a channel id, e.g. C0123ABCD (unset: ALERT_CHANNEL)",
     "ops_alert_after_polls": "a whole number from 1 to 1000, e.g. 4",
+    "ops_slack_pause_seconds": f"{SECONDS}, from 1 to 86400, e.g. 60",
     "failure_states": "state names separated by commas, e.g. failed,error,timed_out",
     "cancelled_states": "state names separated by commas, e.g. cancelled,canceled",
     "success_states": "state names separated by commas, e.g. succeeded,done",

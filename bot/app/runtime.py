@@ -316,7 +316,10 @@ class Runtime:
             policy=Policy(max_strikes=settings.delivery_max_attempts),
             escalate_after=settings.escalate_after_seconds,
             ops_channel=settings.effective_ops_channel,
-            thresholds=Thresholds(polls=settings.ops_alert_after_polls),
+            thresholds=Thresholds(
+                polls=settings.ops_alert_after_polls,
+                slack_pause=settings.ops_slack_pause_seconds,
+            ),
         )
         routes = SubscriptionRoutes(
             self.subscriptions, builtin=settings.builtin_subscription, clock=self.clock
