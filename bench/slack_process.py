@@ -6,7 +6,9 @@ measured, not the bot). CLOCK_MONOTONIC is one clock for every process of the ma
 
     python -m bench.slack_process --delay 0.2
         prints "ports SLACK TIMBAL SINK"; replies go to SINK/response/<tag>;
-        GET SINK/calls lists [[path, monotonic time], ...]; POST SINK/clear;
+        GET SINK/calls lists [[path, monotonic time], ...] (`?at_least=N`: once N have
+        arrived, so the load generator waits with one request instead of polling during the
+        burst it measures); POST SINK/clear;
         GET SINK/timbal counts Timbal's requests
 """
 
@@ -29,13 +31,19 @@ async def main(delay: float) -> None:
     for i in range(150):
         timbal.jobs.append(make_job(f"j{i:03d}", connector_id=f"conn-{i % 3}", state="running"))
     arrivals: list[list[object]] = []
+    arrived = asyncio.Condition()
 
     async def reply(request: web.Request) -> web.Response:
         arrivals.append([request.path, time.monotonic()])
+        async with arrived:
+            arrived.notify_all()
         await request.read()
         return web.Response(text="ok")
 
     async def calls(request: web.Request) -> web.Response:
+        wanted = int(request.query.get("at_least", "0"))
+        async with arrived:
+            await asyncio.wait_for(arrived.wait_for(lambda: len(arrivals) >= wanted), 60)
         return web.json_response(arrivals)
 
     async def clear(request: web.Request) -> web.Response:

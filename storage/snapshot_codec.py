@@ -1,20 +1,25 @@
 """How a `JobSnapshot` is stored: one short ASCII value per job, in one of `BUCKETS` hashes.
 
-A value is the state class's letter and the run's hung-job marks (`S` stalled, `L` long
-running), then the four instants as microseconds since the epoch in base 36 (empty for
-none), the time of last progress (empty: `updated_at`), `rows_emitted` in base 36, then the
-state as the API names it:
+A value is the state class's letter (upper case), the run's hung-job marks (`!` stalled, `+`
+long running), then the four instants as microseconds since the epoch in base 36 (empty for
+none), the time of the run's last progress in whole seconds since the epoch in base 36
+(empty for none: only active runs have one), `rows_emitted` in base 36, then the state as
+the API names it:
 
-    f<finished_at>|<started_at>|<updated_at>|<last_seen>|<progress_at>|<rows>|<state>
-    e.g.  fpl8x1s6o0|…||2bi|failed          aSpl8x1s6o0|…||2bi|running
+    F<finished_at>|<started_at>|<updated_at>|<last_seen>|<progress_at>|<rows>|<state>
+    e.g.  Fpl8x1s6o0|…||2bi|failed          A!+|pl8x1s6o0|…|ta3mn1|2bi|running
 
-Exact (instants compare equal after a round trip; they come back in UTC) and about 60 bytes,
-so a bucket of up to 128 jobs stays a listpack, Redis' compact encoding for small hashes
-(`hash-max-listpack-entries` 128, `-value` 64): about 90 bytes a job in all, where one JSON
-value per job in one big hash cost ~290. Jobs are spread over the buckets by the CRC-32 of
-their id, so a poll writes only the fields of the jobs that changed.
+Exact (instants compare equal after a round trip; they come back in UTC) and 50 to 62 bytes
+for the states and figures jobs have, so a bucket of up to 128 jobs stays a listpack, Redis'
+compact encoding for small hashes (`hash-max-listpack-entries` 128, `-value` 64): about 90
+bytes a job in all, where one JSON value per job in one big hash cost ~290. Jobs are spread
+over the buckets by the CRC-32 of their id, so a poll writes only the fields of the jobs
+that changed.
 
-`LegacySnapshot` reads the format before (JSON in one hash, `Keys.snapshot`), to migrate it.
+Older values still load: a lower-case letter is the format of issue 11, before the hung-job
+fields (`f<finished_at>|<started_at>|<updated_at>|<last_seen>|<state>`), and
+`LegacySnapshot` reads the format before that (JSON in one hash, `Keys.snapshot`), to
+migrate it.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 CLASS_LETTER = {
-    StateClass.ACTIVE: "a",
-    StateClass.SUCCEEDED: "s",
-    StateClass.FAILED: "f",
-    StateClass.CANCELLED: "c",
-    StateClass.OTHER: "o",
+    StateClass.ACTIVE: "A",
+    StateClass.SUCCEEDED: "S",
+    StateClass.FAILED: "F",
+    StateClass.CANCELLED: "C",
+    StateClass.OTHER: "O",
 }
 LETTER_CLASS = {letter: cls for cls, letter in CLASS_LETTER.items()}
+OLD_LETTER_CLASS = {letter.lower(): cls for letter, cls in LETTER_CLASS.items()}  # issue 11
+STALLED, LONG_RUNNING = "!", "+"
+SECOND = timedelta(seconds=1)
 
 
 class SnapshotUnreadable(ValueError):
@@ -65,13 +73,18 @@ def _instant(when: datetime | None) -> str:
     return "" if when is None else _base36((when - EPOCH) // MICROSECOND)
 
 
+def _seconds(when: datetime | None) -> str:
+    """A whole second (`JobSnapshot.progress_at` is kept to the second, so this is exact)."""
+    return "" if when is None else _base36((when - EPOCH) // SECOND)
+
+
 def encode(snapshot: JobSnapshot) -> str:
-    marks = ("S" if snapshot.stalled else "") + ("L" if snapshot.long_running else "")
+    marks = (STALLED if snapshot.stalled else "") + (LONG_RUNNING if snapshot.long_running else "")
     rows = "" if snapshot.rows is None else _base36(snapshot.rows)
     return (
         f"{CLASS_LETTER[snapshot.state_class]}{marks}{_instant(snapshot.finished_at)}"
         f"|{_instant(snapshot.started_at)}|{_instant(snapshot.updated_at)}"
-        f"|{_instant(snapshot.last_seen)}|{_instant(snapshot.progress_at)}|{rows}|{snapshot.state}"
+        f"|{_instant(snapshot.last_seen)}|{_seconds(snapshot.progress_at)}|{rows}|{snapshot.state}"
     )
 
 
@@ -91,9 +104,11 @@ class Decoder:
 
     def decode(self, value: str) -> JobSnapshot:
         try:
+            if value[:1] in OLD_LETTER_CLASS:
+                return self._decode_old(value)
             head, started, updated, seen, progress, rows, state = value.split("|", 6)
-            stalled = head[1:2] == "S"
-            long_running = head[1 + stalled : 2 + stalled] == "L"
+            stalled = head[1:2] == STALLED
+            long_running = head[1 + stalled : 2 + stalled] == LONG_RUNNING
             finished = head[1 + stalled + long_running :]
             return JobSnapshot(
                 state=self._states.setdefault(state, state),
@@ -103,12 +118,24 @@ class Decoder:
                 updated_at=self._when(updated),
                 last_seen=self._when(seen),
                 rows=int(rows, 36) if rows else None,
-                progress_at=self._when(progress) if progress else None,
+                progress_at=EPOCH + int(progress, 36) * SECOND if progress else None,
                 stalled=stalled,
                 long_running=long_running,
             )
         except (ValueError, KeyError, IndexError, OverflowError) as exc:
             raise SnapshotUnreadable(f"not a stored snapshot ({type(exc).__name__})") from None
+
+    def _decode_old(self, value: str) -> JobSnapshot:
+        """Issue 11's format: no rows, no progress (the next poll learns them)."""
+        finished, started, updated, seen, state = value[1:].split("|", 4)
+        return JobSnapshot(
+            state=self._states.setdefault(state, state),
+            state_class=OLD_LETTER_CLASS[value[0]],
+            finished_at=self._when(finished) if finished else None,
+            started_at=self._when(started) if started else None,
+            updated_at=self._when(updated),
+            last_seen=self._when(seen),
+        )
 
 
 class LegacySnapshot(BaseModel):

@@ -18,6 +18,7 @@ from storage.incidents import IncidentStore
 from storage.keys import Keys
 from storage.ops import OpsState
 from storage.replicas import Replicas
+from storage.snapshot_codec import BUCKETS
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,23 @@ class StatusReader:
     async def read(self) -> StatusFigures:
         k = self._keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hlen(k.snapshot)
             pipe.xlen(k.outbox)
             pipe.xlen(k.dead_letter)
             pipe.get(k.slack_pause)
             pipe.get(k.poller_lease)
             pipe.get(k.notifier_lease)
-            tracked, backlog, dead, paused, poller, notifier = await pipe.execute()
+            pipe.hlen(k.snapshot)  # the format before issue 11, until it is migrated
+            for bucket in range(BUCKETS):  # one round trip: the buckets share a hash tag
+                pipe.hlen(k.snapshot_bucket(bucket))
+            backlog, dead, paused, poller, notifier, legacy, *buckets = await pipe.execute()
+        tracked = sum(int(n or 0) for n in buckets) or int(legacy or 0)
         pause = parse_workspace_pause(paused)
         members = await self._replicas.members()
         table = await self._incidents.table()
         _, _, raised = await self._ops.read()
         return StatusFigures(
             last_poll=await last_poll(self._redis, k),
-            jobs_tracked=int(tracked or 0),
+            jobs_tracked=tracked,
             backlog=int(backlog or 0),
             dead_letters=int(dead or 0),
             workspace_paused=f"{pause.reason}: {pause.hint}" if pause else "",

@@ -246,8 +246,10 @@ def test_unchanged_job_seen_recently_is_not_rewritten() -> None:
 
 def test_unchanged_job_refreshes_last_seen_once_per_resolution() -> None:
     running = job(state="running", started_at=S1)
-    result = run({"j1": snap(running, last_seen=NOW - timedelta(minutes=15))}, running)
-    assert result.upserts == {"j1": snap(running, last_seen=NOW)}
+    before = snap(running, last_seen=NOW - timedelta(minutes=15))
+    result = run({"j1": before}, running)
+    assert result.upserts == {"j1": before.seen(NOW)}  # the run's last progress is kept
+    assert result.upserts["j1"].last_seen == NOW
 
 
 def test_zero_grace_refreshes_every_cycle() -> None:

@@ -147,43 +147,6 @@ def test_a_long_run_alerts_once_and_a_new_run_may_alert_again() -> None:
     assert poller.kinds()[1:] == [(rerun + LONG, EventKind.LONG_RUNNING)]
 
 
-def test_a_stalled_run_does_not_also_alert_as_long_running_until_it_moves() -> None:
-    poller = Poller()
-    poller.poll(T0, job(rows=0, updated=T0))
-    poller.through(T0 + MINUTE, T0 + LONG + 10 * MINUTE, steady(0, T0))
-    assert poller.kinds() == [(T0 + STALL, EventKind.STALLED)]  # the stall said more
-    moved = T0 + LONG + 11 * MINUTE
-    poller.poll(moved, job(rows=10, updated=moved))
-    poller.poll(moved + MINUTE, job(rows=20, updated=moved + MINUTE))
-    assert poller.kinds()[1:] == [
-        (moved, EventKind.PROGRESSING),
-        (moved + MINUTE, EventKind.LONG_RUNNING),  # still running, and long
-    ]
-
-
-def test_the_baseline_records_a_run_already_hung_and_the_next_poll_alerts() -> None:
-    poller = Poller()
-    now = T0 + 3 * LONG
-    assert poller.poll(now, job(rows=3, updated=T0)) == []  # the baseline posts nothing
-    assert [e.kind for e in poller.poll(now + MINUTE, job(rows=3, updated=T0))] == [
-        EventKind.STALLED
-    ]
-    [(_, stalled)] = poller.events
-    assert stalled.since == T0
-
-
-def test_a_queued_job_is_not_hung_and_a_finished_one_is_not() -> None:
-    poller = Poller()
-    queued = job("queued", updated=T0, started_at=None)
-    done = job("succeeded", rows=7, updated=T0, finished_at=T0 + MINUTE)
-    poller.poll(T0, queued)
-    poller.through(T0 + MINUTE, T0 + 3 * LONG, lambda now: [queued])
-    poller.state = None
-    poller.poll(T0, done)
-    poller.through(T0 + MINUTE, T0 + 3 * LONG, lambda now: [done])
-    assert poller.events == []
-
-
 def test_a_stalled_run_that_fails_is_a_failure_not_progress() -> None:
     poller = Poller()
     poller.poll(T0, job(rows=0, updated=T0))
@@ -200,15 +163,6 @@ def test_zero_thresholds_turn_the_checks_off() -> None:
     assert poller.events == []
 
 
-def test_an_updated_at_ahead_of_our_clock_counts_from_when_it_was_seen() -> None:
-    poller = Poller()
-    ahead = T0 + timedelta(hours=1)  # Timbal's clock runs an hour ahead of ours
-    poller.poll(T0, job(rows=4, updated=ahead))
-    poller.through(T0 + MINUTE, T0 + 30 * MINUTE, steady(4, ahead))
-    [(at, stalled)] = poller.events
-    assert (at, stalled.kind, stalled.since) == (T0 + STALL, EventKind.STALLED, T0)
-
-
 def test_an_unchanged_hung_run_is_not_rewritten_every_poll() -> None:
     poller = Poller(vanish_grace=timedelta(days=1))  # no refresh of last_seen in this hour
     poller.poll(T0, job(rows=0, updated=T0))
@@ -219,3 +173,70 @@ def test_an_unchanged_hung_run_is_not_rewritten_every_poll() -> None:
         writes.append(sum(1 for k, v in (poller.state or {}).items() if before.get(k) != v))
     assert writes[int(STALL / MINUTE) - 1] == 1  # the poll that marked it stalled
     assert sum(writes) == 1  # and no other: the mark is in the snapshot
+
+
+def test_a_stalled_run_that_keeps_running_also_runs_long_once() -> None:
+    poller = Poller()
+    poller.poll(T0, job(rows=0, updated=T0))
+    poller.through(T0 + MINUTE, T0 + LONG + 10 * MINUTE, steady(0, T0))
+    moved = T0 + LONG + 11 * MINUTE
+    poller.poll(moved, job(rows=10, updated=moved))
+    poller.through(moved + MINUTE, moved + 10 * MINUTE, moving(moved))
+    assert poller.kinds() == [
+        (T0 + STALL, EventKind.STALLED),
+        (T0 + LONG, EventKind.LONG_RUNNING),  # still active past the threshold: said once
+        (moved, EventKind.PROGRESSING),
+    ]
+
+
+def test_a_run_already_stalled_when_the_bot_starts_alerts_after_the_threshold() -> None:
+    poller = Poller()
+    start = T0 + timedelta(minutes=30)  # the run last moved at T0, as Timbal says
+    assert poller.poll(start, job(rows=3, updated=T0)) == []  # the baseline posts nothing
+    poller.through(start + MINUTE, start + 30 * MINUTE, steady(3, T0))
+    # Progress is watched from the first poll that sees the run, by our clock.
+    [(at, stalled)] = poller.events
+    assert (at, stalled.kind, stalled.since) == (start + STALL, EventKind.STALLED, start)
+
+
+def test_a_job_waiting_in_the_queue_is_not_stalled_but_may_run_long() -> None:
+    poller = Poller()
+    queued = job("queued", updated=T0, started_at=None)
+    poller.poll(T0, queued)
+    poller.through(T0 + MINUTE, T0 + LONG + 30 * MINUTE, lambda now: [queued])
+    assert poller.kinds() == [(T0 + LONG, EventKind.LONG_RUNNING)]  # from its created_at
+    [(_, long_run)] = poller.events
+    assert long_run.event_id == f"{ORG}:j1:long_running:{T0.isoformat()}"
+
+
+def test_a_finished_job_is_never_hung() -> None:
+    poller = Poller()
+    done = job("succeeded", rows=7, updated=T0, finished_at=T0 + MINUTE)
+    poller.poll(T0, done)
+    poller.through(T0 + MINUTE, T0 + 3 * LONG, lambda now: [done])
+    assert poller.events == []
+
+
+def test_timbal_s_clock_ahead_or_behind_ours_changes_nothing() -> None:
+    for skew in (timedelta(hours=1), -timedelta(minutes=20), -timedelta(days=2)):
+        poller = Poller()
+        poller.poll(T0, job(rows=0, updated=T0 + skew))
+        poller.through(  # a run that moves every minute, stamped by a skewed clock
+            T0 + MINUTE,
+            T0 + 40 * MINUTE,
+            lambda now, skew=skew: [job(rows=int((now - T0) / MINUTE), updated=now + skew)],
+        )
+        assert poller.events == [], skew
+        stop = T0 + 41 * MINUTE
+        poller.through(stop, stop + 20 * MINUTE, steady(40, T0 + 40 * MINUTE + skew))
+        [(at, stalled)] = poller.events
+        assert (at, stalled.since) == (T0 + 40 * MINUTE + STALL, T0 + 40 * MINUTE), skew
+
+
+def test_a_job_first_seen_after_the_baseline_with_an_old_updated_at_is_not_stalled_yet() -> None:
+    poller = Poller()
+    poller.poll(T0, job(rows=0, updated=T0))
+    late = job(rows=5, updated=T0 - timedelta(hours=3))
+    late = late.model_copy(update={"id": "j2"})
+    poller.poll(T0 + MINUTE, job(rows=1, updated=T0 + MINUTE), late)
+    assert poller.events == []

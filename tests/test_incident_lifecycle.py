@@ -80,7 +80,15 @@ ROWS: list[tuple[str, Incident | None, JobEvent, Route, Step, str]] = [
     ("plain success", None, event(S), POSTS, Step.PLAIN, "none"),
     ("success nobody asked for", None, event(S), RECOVERY_ONLY, Step.DROP, "none"),
     ("muted success, no incident", None, event(S), MUTED, Step.HOLD, "none"),
-    ("progressing again", OPEN, event(EventKind.PROGRESSING), POSTS, Step.NOTE, "same"),
+    ("progressing again", OPEN, event(EventKind.PROGRESSING), POSTS, Step.NOTE, "moving"),
+    (
+        "a stall after progress joins",
+        OPEN.model_copy(update={"moving_since": T0}),
+        event(EventKind.STALLED, 30),
+        POSTS,
+        Step.JOIN,
+        "joined",
+    ),
     ("progressing, nothing open", None, event(EventKind.PROGRESSING), POSTS, Step.DROP, "none"),
     ("progressing while muted", OPEN, event(EventKind.PROGRESSING), MUTED, Step.DROP, "same"),
     ("cancelled while open", OPEN, event(EventKind.CANCELLED), POSTS, Step.NOTE, "same"),
@@ -117,8 +125,13 @@ def test_lifecycle(
         assert after.version == 1 and after.mention == route.mention
         assert after.opened_at == happened_at(given) and after.last == given
         assert after.noticed_at == NOW
+    elif effect == "moving":
+        assert incident is not None and after is not None and outcome.changed
+        assert after.moving_since == given.detected_at and after.failures == incident.failures
+        assert after.version == incident.version + 1 and given.event_id in after.seen
     else:
         assert effect == "joined" and incident is not None and after is not None
+        assert after.moving_since is None  # a new failure: it is not moving any more
         assert after.failures == incident.failures + 1 and after.last == given
         assert after.version == incident.version + 1 and after.card == incident.card
         assert after.opened_at == incident.opened_at and after.mention == incident.mention

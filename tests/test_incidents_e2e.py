@@ -348,7 +348,9 @@ async def test_ops_alert_when_timbal_keeps_failing_and_when_it_recovers(
 
 
 @pytest.mark.parametrize(
-    "bot", [{"stall_after_seconds": 900, "long_running_after_seconds": 0}], indirect=True
+    "bot",
+    [{"stall_after_seconds": 900, "long_running_after_seconds": 0, "escalate_after_seconds": 300}],
+    indirect=True,
 )
 async def test_a_stalled_run_opens_a_card_progress_threads_into_it_and_success_recovers(
     bot: Bot, fake_timbal: FakeTimbal, fake_slack: FakeSlack, redis_client: aioredis.Redis
@@ -378,12 +380,23 @@ async def test_a_stalled_run_opens_a_card_progress_threads_into_it_and_success_r
     polls = len(fake_timbal.requests)
     await wait_until(lambda: len(fake_timbal.requests) >= polls + 2, what="more polls")
     assert len(cards(fake_slack)) == 1 and not thread(fake_slack, ts)  # once per run
+    status = shown(await bot.command("status", channel=CH))
+    assert "*1* jobs tracked" in status  # the snapshots, counted where they are stored
+    assert "`pg-orders` in <#C0ALERTS>" in status  # the stall's incident is open
 
     fake_timbal.upsert("pg-orders-r1", updated_at=bot.clock.now.isoformat(), rows_emitted=900)
     await fake_slack.wait_for(lambda f: len(thread(f, ts)) == 1, within=15)
     [moving] = thread(fake_slack, ts)
     assert "progressing again" in shown(moving)
     assert ONCALL not in shown(moving)
+    await fake_slack.wait_for(lambda f: "Progressing again since" in shown(current(f, ts)))
+    # Past the escalation deadline (5 minutes) while it moves: nobody is reminded of a hang
+    # that is over.
+    bot.clock.now += timedelta(minutes=6)
+    fake_timbal.upsert("pg-orders-r1", updated_at=bot.clock.now.isoformat(), rows_emitted=1000)
+    polls = len(fake_timbal.requests)
+    await wait_until(lambda: len(fake_timbal.requests) >= polls + 3, what="polls past the deadline")
+    assert len(thread(fake_slack, ts)) == 1
 
     fake_timbal.upsert(
         "pg-orders-r1",
@@ -393,10 +406,12 @@ async def test_a_stalled_run_opens_a_card_progress_threads_into_it_and_success_r
     )
     await fake_slack.wait_for(lambda f: len(thread(f, ts)) == 2, within=15)
     recovered = shown(thread(fake_slack, ts)[1])
-    assert "Recovered after a stall over 16m" in recovered  # from its last progress
+    assert "Recovered after a stall over 22m" in recovered  # from its last progress
     assert "recovered after a stall" in current(fake_slack, ts)["text"]
     assert len(cards(fake_slack)) == 1  # the success went into the card, not the channel
-    assert last_move.isoformat() in json.dumps(card.get("metadata"))  # the stall's own id
+    # The stall's id: the poll that last saw the run move, to the second, by the bot's clock.
+    since = last_move.replace(microsecond=0).isoformat()
+    assert f"pg-orders-r1:stalled:{since}" in json.dumps(card.get("metadata"))
 
 
 OPS = "C0OPS"

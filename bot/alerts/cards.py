@@ -84,6 +84,16 @@ def status_line(incident: Incident) -> str:
     long run says so)."""
     last = _first_line(incident.last.job.message)
     since = date_token(incident.opened_at)
+    if incident.moving_since is not None:
+        said = (
+            "stalled"
+            if incident.last.kind is EventKind.STALLED
+            else KIND_SAID.get(incident.last.kind, "failed")
+        )
+        return (
+            f":arrow_forward: Progressing again since {date_token(incident.moving_since)} "
+            f"({_what(incident)} since {since}, the last: {said})"
+        )
     if incident.last.kind is EventKind.FAILED:
         head = f"Failed {_times(incident.failures)} since {since}"
     elif incident.failures == 1 and incident.last.kind is EventKind.STALLED:
@@ -180,11 +190,24 @@ def _one(text: str) -> AlertMessage:
 
 
 def render_again(event: JobEvent) -> AlertMessage:
-    """A further failure, in the card's thread: when, what, the error's first line."""
+    """A further failure, in the card's thread: when, what, the error's first line (a run
+    that hangs says how)."""
     job = event.job
+    connector = inline_code(job.connector_id, 80)
+    if event.kind is EventKind.STALLED:
+        since = event.since or event.detected_at
+        return _one(
+            f":hourglass: {connector} stalled: no progress since {date_token(since)} "
+            f"({fmt_count(job.rows_emitted)} rows so far, job {inline_code(job.id, 80)})"
+        )
+    if event.kind is EventKind.LONG_RUNNING:
+        start = job.started_at or job.created_at
+        return _one(
+            f":turtle: {connector} has been running too long: started {date_token(start)} "
+            f"(job {inline_code(job.id, 80)})"
+        )
     when = job.finished_at or event.detected_at
-    said = KIND_SAID.get(event.kind, "failed")
-    line = f":x: {inline_code(job.connector_id, 80)} {said} again {date_token(when)}"
+    line = f":x: {connector} failed again {date_token(when)}"
     first = _first_line(job.message)
     if first:
         line += f": {clip(first, MESSAGE_CHARS)}"

@@ -22,13 +22,15 @@ Transitions (`DESIGN.md`, "Job semantics"):
   duplicate of the first alert); same class (e.g. "error" -> "failed"): nothing;
 - `started` only with `alert_on_started`: a job seen active with a `started_at` it did not
   have before (queued -> running, or first seen running);
-- hung runs (a run is an active job with a `started_at`; a new `started_at` is a new run):
-  `stalled` once per run when its `rows_emitted` and `updated_at` have not changed for
-  `stall_after` (the event's `since` is its last progress), then `progressing` when it moves
-  again (and it may stall again); `long_running` once per run when it is still active
-  `long_running_after` past its `started_at`, unless it is stalled (the stall said more).
-  A zero threshold turns its check off. The baseline poll only records; a run already hung
-  then alerts on the next poll. A job waiting in a queue (no `started_at`) is not hung;
+- hung runs (a run is an active job; a new `started_at` is a new run): `stalled` once per
+  run when a started run's `rows_emitted` and `updated_at` have not changed for
+  `stall_after` by our clock (the event's `since` is the poll that last saw it move: Timbal's
+  clock may lag or lead ours, so its `updated_at` only says *whether* it moved), then
+  `progressing` when it moves again (and it may stall again); `long_running` once per run
+  when it is still active `long_running_after` past its `started_at` (a job still queued:
+  its `created_at`). A zero threshold turns its check off. Progress is watched from the first
+  poll that sees the run, so a run already stalled when the bot starts alerts `stall_after`
+  later; a job waiting in a queue is not stalled (it may run long);
 - a job missing from the listing is dropped from the snapshot once it has been missing for
   longer than `vanish_grace` (see `last_seen` below).
 
@@ -159,21 +161,21 @@ class Differ:
     def _hung(self, job: Job, prev: JobSnapshot | None, current: JobSnapshot) -> bool:
         """Raise a hung-run event for `current` (a continuation of `prev`), if one is due;
         True when it did (and upserted the snapshot that records it)."""
-        if current.started_at is None:
-            return False
         kind: EventKind | None = None
         since: datetime | None = None
         marked = current
+        started = current.started_at
         if (
             prev is not None
             and prev.stalled
             and not current.stalled  # it moved (see `continued`)
-            and prev.started_at == current.started_at  # the same run
+            and prev.started_at == started  # the same run
             and prev.state_class is StateClass.ACTIVE
         ):
             kind, since = EventKind.PROGRESSING, prev.progressed_at
         elif (
             self._stalled_by is not None
+            and started is not None  # waiting in a queue is not a stall
             and not current.stalled
             and current.progressed_at <= self._stalled_by
         ):
@@ -182,8 +184,7 @@ class Differ:
         elif (
             self._long_by is not None
             and not current.long_running
-            and not current.stalled
-            and current.started_at <= self._long_by
+            and (started or job.created_at) <= self._long_by
         ):
             kind = EventKind.LONG_RUNNING
             marked = replace(current, long_running=True, last_seen=self._now)
@@ -252,12 +253,11 @@ def continued(prev: JobSnapshot | None, current: JobSnapshot) -> JobSnapshot:
     if not moved:
         return replace(
             current,
-            progress_at=prev.progress_at,
+            progress_at=prev.progress_at or current.progress_at,
             stalled=prev.stalled,
             long_running=prev.long_running,
         )
-    if prev.rows != current.rows and prev.updated_at == current.updated_at:
-        current = replace(current, progress_at=current.last_seen)  # rows moved, the clock not
+    # It moved: its progress is this poll's (already in `current`), and it is not stalled.
     return replace(current, long_running=prev.long_running) if prev.long_running else current
 
 

@@ -11,7 +11,8 @@ One incident per connector and channel, from its first failure to its next succe
     succeeded        open            muted        RECOVER_QUIETLY  card resolved, no reply
     succeeded        none            posts        PLAIN    the success alert as it is
                                                            (DROP for a recovery-only route)
-    progressing      open            posts        NOTE     "progressing again" in the thread
+    progressing      open            posts        NOTE     "progressing again" in the thread,
+                                                           the card says so (no escalation)
     cancelled, etc.  open            posts        NOTE     said in the thread
     anything else                                 PLAIN / HOLD / DROP
 
@@ -87,7 +88,19 @@ def joined(incident: Incident, event: JobEvent) -> Incident:
         update={
             "failures": incident.failures + 1,
             "last": event,
+            "moving_since": None,
             "last_at": max(incident.last_at, happened_at(event)),
+            "version": incident.version + 1,
+            "seen": [*incident.seen, event.event_id][-SEEN_EVENTS:],
+        }
+    )
+
+
+def moving(incident: Incident, event: JobEvent) -> Incident:
+    """The hung run moves again: the card says so, and on-call is not reminded of it."""
+    return incident.model_copy(
+        update={
+            "moving_since": event.detected_at,
             "version": incident.version + 1,
             "seen": [*incident.seen, event.event_id][-SEEN_EVENTS:],
         }
@@ -102,7 +115,10 @@ def step(
     kind, muted = event.kind, bool(route.muted)
     if incident is not None and event.event_id in incident.seen:
         # Counted already (a dead letter replayed): the same step again, nothing changes.
-        again = Step.OPEN if incident.card == card else Step.JOIN
+        if kind is EventKind.PROGRESSING:
+            again = Step.NOTE
+        else:
+            again = Step.OPEN if incident.card == card else Step.JOIN
         return Outcome(Step.HOLD if muted else again, incident, incident)
     if kind in INCIDENT_KINDS:
         if muted:
@@ -119,7 +135,7 @@ def step(
     if kind is EventKind.PROGRESSING:
         if incident is None or muted:
             return Outcome(Step.DROP, incident, incident)
-        return Outcome(Step.NOTE, incident, incident)
+        return Outcome(Step.NOTE, incident, moving(incident, event))
     if muted:
         return Outcome(Step.HOLD, incident, incident)
     if incident is not None and kind in (EventKind.CANCELLED, EventKind.FINISHED):

@@ -664,6 +664,7 @@ class Notifier:
                 incident.mention
                 and not incident.acked_by
                 and not incident.escalated
+                and incident.moving_since is None  # the hung run moves again
                 and waited >= self.config.escalate_after
                 and await self.incidents.escalate(incident, waited=int(waited))
             ):

@@ -12,7 +12,7 @@ says what goes out:
   (`/jobs settings threads off`) the failure is posted top-level instead, as a plain alert;
 - RECOVER: the card is updated to resolved, then "Recovered after 3 failures over 42m" in its
   thread; it replaces the run's success alert. RECOVER_QUIETLY (muted): the update only;
-- NOTE: "progressing again", or a cancellation, in the thread;
+- NOTE: "progressing again" (the card updated to say so), or a cancellation, in the thread;
 - PLAIN: the alert as a top-level post (the route's mention where it belongs), and a long
   error in its thread;
 - HOLD (muted): nothing posted; counted for the mute's summary (`held_back`); DROP: nothing.
@@ -208,12 +208,11 @@ def _actions(
             b.in_thread(before.card, render_recovered(before, event), threads)
     elif kind is Step.NOTE:
         assert before is not None
-        said = (
-            render_progressing(event)
-            if event.kind is EventKind.PROGRESSING
-            else render_ended(event)
-        )
-        b.in_thread(before.card, said, threads)
+        if event.kind is EventKind.PROGRESSING:
+            b.update(before.card, render_card(after or before, now=now))  # "progressing again"
+            b.in_thread(before.card, render_progressing(event), threads)
+        else:
+            b.in_thread(before.card, render_ended(event), threads)
     return b.actions
 
 

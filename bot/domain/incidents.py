@@ -41,6 +41,7 @@ class Incident(BaseModel):
     acked_name: str = ""  # their name, shown without pinging
     acked_at: Timestamp | None = None
     escalated: bool = False
+    moving_since: Timestamp | None = None  # a stalled run moves again (no reminder then)
     muted_until: Timestamp | None = None
     muted_by: str = ""  # a name, shown without pinging
     version: int = 1

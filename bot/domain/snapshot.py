@@ -19,10 +19,11 @@ from bot.domain.states import StateClass
 class JobSnapshot:
     """What we remember about one job between two polls.
 
-    `rows` and `progress_at` watch an active run for progress: `progress_at` is when its
-    `rows_emitted` or `updated_at` last changed (the job's `updated_at`, never later than the
-    poll that saw it). `stalled` and `long_running` record that the run has alerted so, once
-    per run. `rows` is None for a snapshot stored before it was kept.
+    `rows` and `progress_at` watch an active run for progress: `progress_at` is the poll (to
+    the second) that first saw its `rows_emitted` and `updated_at` as they are now, by our
+    clock, never by Timbal's (a lagging `updated_at` must not make a moving run look stalled);
+    None for a job that is not active. `stalled` and `long_running` record that the run has
+    alerted so, once per run. `rows` is None for a snapshot stored before it was kept.
     """
 
     state: str
@@ -32,28 +33,27 @@ class JobSnapshot:
     updated_at: datetime
     last_seen: datetime
     rows: int | None = None
-    progress_at: datetime | None = None  # None: `updated_at`
+    progress_at: datetime | None = None
     stalled: bool = False
     long_running: bool = False
 
     @classmethod
     def of(cls, job: Job, state_class: StateClass, now: datetime) -> JobSnapshot:
-        updated = job.updated_at
         return cls(
             state=job.state,
             state_class=state_class,
             finished_at=job.finished_at,
             started_at=job.started_at,
-            updated_at=updated,
+            updated_at=job.updated_at,
             last_seen=now,
             rows=job.rows_emitted,
-            progress_at=None if updated <= now else now,
+            progress_at=now.replace(microsecond=0) if state_class is StateClass.ACTIVE else None,
         )
 
     @property
     def progressed_at(self) -> datetime:
         """When the run last made progress (see the class docstring)."""
-        return self.updated_at if self.progress_at is None else self.progress_at
+        return self.last_seen if self.progress_at is None else self.progress_at
 
     def same_job_state(self, other: JobSnapshot) -> bool:
         """Equal in what the job says (not in `last_seen` or what the poller derived)."""
