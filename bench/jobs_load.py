@@ -139,9 +139,7 @@ async def _measure(
                 # during the burst would take CPU from the bot it measures.
                 async with http.get(f"{control}/calls", params={"at_least": size}) as response:
                     found: list[list[Any]] = await response.json()
-                arrived = [
-                    (float(at) - sent[path.rsplit("/", 1)[-1]]) * 1000 for path, at in found
-                ]
+                arrived = [(float(at) - sent[path.rsplit("/", 1)[-1]]) * 1000 for path, at in found]
                 acks.append(acked)
                 replies.append(arrived)
                 calls.append(await upstream(http, control) - before)
