@@ -41,6 +41,11 @@ TIMBAL, SLACK, BACKLOG = OpsSubject.TIMBAL, OpsSubject.SLACK, OpsSubject.BACKLOG
         ),
         (Health(slack_paused=30.0), frozenset({SLACK}), []),  # still waiting: not well yet
         (Health(slack_paused=0.0), frozenset({SLACK}), [Change(SLACK, False)]),
+        # Well again only after half the pause window without anything held: one message
+        # let through between two long back-offs, or a replica that has just taken over and
+        # has not tried yet, does not call it over.
+        (Health(slack_paused=0.0, slack_well_for=5.0), frozenset({SLACK}), []),
+        (Health(slack_paused=0.0, slack_well_for=30.0), frozenset({SLACK}), [Change(SLACK, False)]),
         (
             Health(backlog=[5, 8, 11, 14]),
             NONE,

@@ -196,6 +196,7 @@ class Notifier:
         self._moved = Batch()
         # channel -> (why it waits, since when: monotonic), while it has alerts waiting
         self._waiting: dict[str, tuple[str, float]] = {}
+        self._held_at = -math.inf  # when something last waited on Slack (monotonic)
         self._backlog_samples: collections.deque[int] = collections.deque(maxlen=16)
         self._last_sample = -math.inf
         self._last_status = -math.inf
@@ -680,11 +681,16 @@ class Notifier:
         now = time.monotonic()
         held = [(now - since, why) for why, since in self._waiting.values()]
         paused, why = max(held, default=(0.0, ""))
+        if held:
+            self._held_at = now
+        # Counted from when this replica began delivering: before, it knows nothing.
+        well_for = now - max(self._held_at, self._active_since)
         return Health(
             timbal_failures=failures,
             timbal_error=error,
             slack_paused=paused,
             slack_reason=why.replace("_", " "),
+            slack_well_for=well_for,
             backlog=list(self._backlog_samples),
         )
 

@@ -8,7 +8,9 @@ takeover neither repeats nor forgets it):
 - `slack`: delivery has been paused longer than `slack_pause` seconds
   (OPS_SLACK_PAUSE_SECONDS): the workspace pause (a
   token or scope problem), or a channel with alerts waiting that has not delivered since
-  (429s, back-offs); well again once nothing waits that long.
+  (429s, back-offs); well again once nothing has waited on Slack for half that long (so a
+  back-off that lets one message through is not "resumed", and a replica that has just taken
+  over, knowing nothing yet, does not call a pause over).
 - `backlog`: the outbox grew at every one of the last `backlog_samples` samples (one a
   minute) and holds at least `backlog_min` entries; well again once it shrinks.
 """
@@ -16,6 +18,7 @@ takeover neither repeats nor forgets it):
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ class Health:
     timbal_error: str = ""  # the last one, one line (redacted by the poller)
     slack_paused: float = 0.0  # seconds delivery has been held by Slack (0: not)
     slack_reason: str = ""
+    slack_well_for: float = math.inf  # seconds nothing has waited on Slack (while watched)
     backlog: Sequence[int] = ()  # outbox lengths, one a minute, oldest first
 
 
@@ -75,7 +79,7 @@ def watch(health: Health, raised: frozenset[OpsSubject], t: Thresholds) -> list[
         if health.slack_reason:
             detail += f" ({health.slack_reason})"
         changes.append(Change(OpsSubject.SLACK, True, detail))
-    elif slack and health.slack_paused == 0:
+    elif slack and health.slack_paused == 0 and health.slack_well_for >= t.slack_pause / 2:
         changes.append(Change(OpsSubject.SLACK, False))
     backlog = OpsSubject.BACKLOG in raised
     if not backlog and _growing(health.backlog, t):
