@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -485,3 +486,81 @@ def test_the_incremental_diff_equals_the_reference_diff(
     assert result.removals == expected.removals
     assert result.upserts == expected.upserts
     assert result.baseline == expected.baseline
+
+
+# --- with hung-run detection on ------------------------------------------------------------
+
+HUNG_TIMES = [NOW - timedelta(minutes=m) for m in (0, 10, 20, 150)]
+
+hung_jobs_strategy = st.lists(
+    st.builds(
+        lambda job_id, state, started, updated, rows: job(
+            job_id, state, started_at=started, updated_at=updated.isoformat(), rows_emitted=rows
+        ),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["running", "queued", "failed", "done"]),
+        st.none() | st.sampled_from([T0, S1]),
+        st.sampled_from(HUNG_TIMES),
+        st.sampled_from([0, 5]),
+    ),
+    max_size=6,
+)
+
+
+def _hung_snapshot(
+    j: Job, ago: timedelta, progress: timedelta | None, stalled: bool, long_running: bool
+) -> JobSnapshot:
+    """A stored snapshot as the diff can leave one: only an active run has hung-run fields."""
+    base = snap(j, last_seen=NOW - ago)
+    if base.state_class is not StateClass.ACTIVE:
+        return base
+    return replace(
+        base,
+        progress_at=None if progress is None else (NOW - progress).replace(microsecond=0),
+        stalled=stalled,
+        long_running=long_running,
+    )
+
+
+hung_snapshots_strategy = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.builds(
+        _hung_snapshot,
+        hung_jobs_strategy.filter(bool).map(lambda js: js[0]),
+        st.sampled_from([timedelta(0), timedelta(minutes=1), timedelta(hours=2)]),
+        st.none() | st.sampled_from([timedelta(0), timedelta(minutes=14), timedelta(minutes=16)]),
+        st.booleans(),
+        st.booleans(),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    previous=st.none() | hung_snapshots_strategy,
+    listing=hung_jobs_strategy,
+    started=st.booleans(),
+    stall=st.sampled_from([timedelta(0), timedelta(minutes=15)]),
+    long_running=st.sampled_from([timedelta(0), timedelta(hours=2)]),
+)
+def test_hung_runs_in_the_incremental_diff_equal_the_reference(
+    previous: dict[str, JobSnapshot] | None,
+    listing: list[Job],
+    started: bool,
+    stall: timedelta,
+    long_running: timedelta,
+) -> None:
+    options: dict[str, Any] = {
+        "org_id": ORG,
+        "classifier": CLASSIFIER,
+        "alert_on_started": started,
+        "stall_after": stall,
+        "long_running_after": long_running,
+    }
+    expected = reference_diff(previous, listing, NOW, **options)
+    result = diff(previous, iter(listing), NOW, **options)
+    assert result.events == expected.events
+    assert [e.since for e in result.events] == [e.since for e in expected.events]
+    assert result.upserts == expected.upserts
+    assert result.removals == expected.removals

@@ -137,7 +137,12 @@ class Differ:
         if state_class is None:
             state_class = self._classifier.classify_state(job.state, finished=finished)
             self._classes[job.state, finished] = state_class
-        if prev is not None and prev.describes(job, state_class):
+        if (
+            prev is not None
+            and prev.describes(job, state_class)
+            # An active run stored without its progress (an older format) learns it now.
+            and (prev.progress_at is not None or state_class is not StateClass.ACTIVE)
+        ):
             # Nothing an event depends on changed (see _transition): a hung run's alert, or at
             # most a refresh.
             if self._watch and state_class is StateClass.ACTIVE and self._hung(job, prev, prev):
