@@ -199,3 +199,16 @@ def test_the_card_says_what_the_incident_was(
     assert status in status_line(incident)
     done = render_recovered(incident, event(EventKind.SUCCEEDED, 50))
     assert recovered in done.text
+
+
+def test_the_card_of_a_stall_that_moves_again_says_so() -> None:
+    stall = event(EventKind.STALLED, 9)
+    moving = OPEN.model_copy(update={"last": stall, "moving_since": T0 + timedelta(minutes=20)})
+    line = status_line(moving)
+    assert (
+        line.startswith(":arrow_forward: Progressing again since") and "after a stall from" in line
+    )
+    several = moving.model_copy(update={"failures": 3})
+    assert "3 failures since" in status_line(several) and "the last: stalled" in status_line(
+        several
+    )

@@ -85,14 +85,14 @@ def status_line(incident: Incident) -> str:
     last = _first_line(incident.last.job.message)
     since = date_token(incident.opened_at)
     if incident.moving_since is not None:
-        said = (
-            "stalled"
-            if incident.last.kind is EventKind.STALLED
-            else KIND_SAID.get(incident.last.kind, "failed")
+        said = KIND_SAID.get(incident.last.kind, "failed")
+        was = (
+            f"after {_what(incident)} from {since}"
+            if incident.failures == 1
+            else f"{_failures(incident.failures)} since {since}, the last: {said}"
         )
         return (
-            f":arrow_forward: Progressing again since {date_token(incident.moving_since)} "
-            f"({_what(incident)} since {since}, the last: {said})"
+            f":arrow_forward: Progressing again since {date_token(incident.moving_since)} ({was})"
         )
     if incident.last.kind is EventKind.FAILED:
         head = f"Failed {_times(incident.failures)} since {since}"
