@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from bot.alerts.cards import render_recovered, status_line
 from bot.alerts.incidents import Step, happened_at, step
+from bot.alerts.plan import held_back
 from bot.domain.delivery import Route
 from bot.domain.events import EventKind, JobEvent
 from bot.domain.incidents import OVERLAY_FIELDS, Incident
@@ -212,3 +214,12 @@ def test_the_card_of_a_stall_that_moves_again_says_so() -> None:
     assert "3 failures since" in status_line(several) and "the last: stalled" in status_line(
         several
     )
+
+
+def test_a_muted_stall_is_summed_up_from_when_it_stopped_moving() -> None:
+    stall = event(EventKind.STALLED, 30).model_copy(update={"since": T0 + timedelta(minutes=12)})
+    held = held_back(stall, MUTED)
+    assert held.tally == "failures" and held.last_failure is not None
+    last = json.loads(held.last_failure)
+    assert last["at"] == (T0 + timedelta(minutes=12)).isoformat()
+    assert last["message"] == "stalled, no progress"

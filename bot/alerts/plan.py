@@ -297,15 +297,19 @@ def plan_notice(
     return Plan(entry_id=entry_id, event_id=notice.event_id, actions=b.actions)
 
 
+HUNG_SAID = {EventKind.STALLED: "stalled, no progress", EventKind.LONG_RUNNING: "running too long"}
+
+
 def held_back(event: JobEvent, muted: Route) -> HeldBack:
     """What a mute's summary will count of `event`, and say of it when it is a failure."""
     kind = event.kind
     if kind in FAILURE_TALLY:
         job = event.job
         first = next(
-            (line.strip() for line in (job.message or "").splitlines() if line.strip()), ""
+            (line.strip() for line in (job.message or "").splitlines() if line.strip()),
+            HUNG_SAID.get(kind, ""),
         )
-        when = job.finished_at or event.detected_at
+        when = happened_at(event)  # a stall: when it stopped moving
         last = json.dumps(
             {"at": when.isoformat(), "connector": job.connector_id, "message": first[:300]}
         )
