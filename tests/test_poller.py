@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.alerts.diff import DiffRules
 from bot.alerts.poller import Poller, PollResult, outcome_of
 from bot.app.metrics import Metrics
 from bot.domain.events import JobEvent
@@ -223,7 +224,10 @@ async def test_backfill_and_started_reach_the_diff(r: Redis) -> None:
     timbal, clock = ListingTimbal(), Clock()
     timbal.upsert("recent", state="failed", finished_at=(T0 - timedelta(minutes=5)).isoformat())
     poller = await make_poller(
-        r, timbal, clock=clock, backfill=timedelta(minutes=10), alert_on_started=True
+        r,
+        timbal,
+        clock=clock,
+        rules=DiffRules(backfill=timedelta(minutes=10), alert_on_started=True),
     )
     assert (await poller.run_once()).enqueued == 1
     timbal.upsert("new", state="running", started_at=T0.isoformat())
@@ -234,7 +238,9 @@ async def test_backfill_and_started_reach_the_diff(r: Redis) -> None:
 
 async def test_vanished_jobs_are_pruned_after_the_grace(r: Redis) -> None:
     timbal, clock = ListingTimbal(), Clock()
-    poller = await make_poller(r, timbal, clock=clock, vanish_grace=timedelta(hours=1))
+    poller = await make_poller(
+        r, timbal, clock=clock, rules=DiffRules(vanish_grace=timedelta(hours=1))
+    )
     timbal.upsert("stays", state="running")
     timbal.upsert("goes", state="done", finished_at=T0.isoformat())
     await poller.run_once()
@@ -360,7 +366,7 @@ async def test_an_upgrade_from_the_old_snapshot_format_alerts_nothing_new(r: Red
     await r.set(KEYS.baseline, (T0 - timedelta(days=41)).isoformat())
     await r.hset(KEYS.snapshot, mapping={k: v.model_dump_json() for k, v in legacy.items()})
 
-    poller = await make_poller(r, timbal, clock=clock, alert_on_started=True)
+    poller = await make_poller(r, timbal, clock=clock, rules=DiffRules(alert_on_started=True))
     result = await poller.run_once()
     assert (result.baseline, result.events, result.enqueued) == (False, 0, 0)
     assert await r.xlen(KEYS.outbox) == 0

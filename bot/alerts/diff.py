@@ -45,7 +45,7 @@ vanished job for at least `vanish_grace` (and at most 1.25 x it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bot.domain.events import TERMINAL_KIND, EventKind, JobEvent
@@ -55,6 +55,18 @@ from bot.domain.states import StateClass, StateClassifier
 
 LAST_SEEN_RESOLUTION_FRACTION = 4  # last_seen is refreshed every vanish_grace / 4
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DiffRules:
+    """What the diff looks for, from the settings (see the module docstring); a zero
+    `stall_after` or `long_running_after` turns that check off."""
+
+    backfill: timedelta = timedelta(0)
+    vanish_grace: timedelta = timedelta(hours=1)
+    alert_on_started: bool = False
+    stall_after: timedelta = timedelta(0)
+    long_running_after: timedelta = timedelta(0)
 
 
 def diff(
@@ -71,17 +83,8 @@ def diff(
     long_running_after: timedelta = timedelta(0),
 ) -> DiffResult:
     """Compare a listing with the snapshots of the last poll; see the module docstring."""
-    differ = Differ(
-        previous,
-        now,
-        org_id=org_id,
-        classifier=classifier,
-        backfill=backfill,
-        vanish_grace=vanish_grace,
-        alert_on_started=alert_on_started,
-        stall_after=stall_after,
-        long_running_after=long_running_after,
-    )
+    rules = DiffRules(backfill, vanish_grace, alert_on_started, stall_after, long_running_after)
+    differ = Differ(previous, now, org_id=org_id, classifier=classifier, rules=rules)
     for job in jobs:
         differ.add(job)
     return differ.result()
@@ -97,21 +100,18 @@ class Differ:
         *,
         org_id: str,
         classifier: StateClassifier,
-        backfill: timedelta = timedelta(0),
-        vanish_grace: timedelta = timedelta(hours=1),
-        alert_on_started: bool = False,
-        stall_after: timedelta = timedelta(0),
-        long_running_after: timedelta = timedelta(0),
+        rules: DiffRules = DiffRules(),
     ) -> None:
         self._previous = previous
         self._now = now
         self._org_id = org_id
         self._classifier = classifier
-        self._backfill = backfill
-        self._alert_on_started = alert_on_started
-        resolution = vanish_grace / LAST_SEEN_RESOLUTION_FRACTION
+        self._backfill = rules.backfill
+        self._alert_on_started = rules.alert_on_started
+        resolution = rules.vanish_grace / LAST_SEEN_RESOLUTION_FRACTION
         self._refresh_by = now - resolution  # a last_seen at or before this is rewritten
-        self._gone_before = now - (vanish_grace + resolution)  # missing and older: removed
+        self._gone_before = now - (rules.vanish_grace + resolution)  # missing and older: removed
+        stall_after, long_running_after = rules.stall_after, rules.long_running_after
         self._listed: set[str] = set()
         self._known = 0  # listed ids that have a snapshot (to skip the search for vanished)
         self._upserts: dict[str, JobSnapshot] = {}

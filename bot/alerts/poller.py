@@ -24,14 +24,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.alerts.diff import Differ
+from bot.alerts.diff import Differ, DiffRules
 from bot.app.metrics import Metrics
 from bot.backoff import backoff
 from bot.domain.snapshot import DiffResult
@@ -123,11 +123,7 @@ class Poller:
         interval: float,
         metrics: Metrics,
         identity: Identity,
-        backfill: timedelta = timedelta(0),
-        vanish_grace: timedelta = timedelta(hours=1),
-        alert_on_started: bool = False,
-        stall_after: timedelta = timedelta(0),
-        long_running_after: timedelta = timedelta(0),
+        rules: DiffRules = DiffRules(),  # noqa: B008 - a frozen value
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lease: LeaseLike | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -142,11 +138,7 @@ class Poller:
         self._keys = keys
         self._classifier = classifier
         self._metrics = metrics
-        self._backfill = backfill
-        self._vanish_grace = vanish_grace
-        self._alert_on_started = alert_on_started
-        self._stall_after = stall_after
-        self._long_running_after = long_running_after
+        self._rules = rules
         self._clock = clock
         self._monotonic = monotonic
         self._wait = wait
@@ -186,11 +178,7 @@ class Poller:
                 now,
                 org_id=self.org_id,
                 classifier=self._classifier,
-                backfill=self._backfill,
-                vanish_grace=self._vanish_grace,
-                alert_on_started=self._alert_on_started,
-                stall_after=self._stall_after,
-                long_running_after=self._long_running_after,
+                rules=self._rules,
             )
 
         scan = await scan_jobs(self._timbal, differ)

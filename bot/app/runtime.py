@@ -32,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts.decide import Policy
 from bot.alerts.deliver import Timing
+from bot.alerts.diff import DiffRules
 from bot.alerts.failure import TOKEN_ERRORS
 from bot.alerts.notifier import Notifier, NotifierConfig
 from bot.alerts.poller import Poller
@@ -147,11 +148,13 @@ def build_poller(
         classifier=classifier_from(settings),
         org_id=settings.timbal_org_id,
         interval=settings.poll_interval_seconds,
-        backfill=timedelta(seconds=settings.backfill_seconds),
-        vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
-        alert_on_started=settings.alert_on_started,
-        stall_after=timedelta(seconds=settings.stall_after_seconds),
-        long_running_after=timedelta(seconds=settings.long_running_after_seconds),
+        rules=DiffRules(
+            backfill=timedelta(seconds=settings.backfill_seconds),
+            vanish_grace=timedelta(seconds=settings.vanish_grace_seconds),
+            alert_on_started=settings.alert_on_started,
+            stall_after=timedelta(seconds=settings.stall_after_seconds),
+            long_running_after=timedelta(seconds=settings.long_running_after_seconds),
+        ),
         metrics=metrics,
         identity=identity,
         clock=clock,
