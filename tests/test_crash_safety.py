@@ -202,10 +202,6 @@ def _proc_env(base: dict[str, str], redis_url: str, **extra: str) -> dict[str, s
         PORT="0",
         HOST="127.0.0.1",
         LOG_LEVEL="INFO",
-        # The script's clock is its own (its runs started days ago by the bot's): only the
-        # terminal transitions it scripts are expected. Hung runs are tested on their own.
-        STALL_AFTER_SECONDS="0",
-        LONG_RUNNING_AFTER_SECONDS="0",
         **extra,
     )
 
