@@ -34,6 +34,14 @@ def _carried(prev: JobSnapshot | None, current: JobSnapshot) -> JobSnapshot:
         and current.state_class is ACTIVE
         and prev.started_at == current.started_at
     )
+    if (
+        prev is not None
+        and prev.state_class is ACTIVE
+        and current.state_class is ACTIVE
+        and prev.started_at is None
+        and current.started_at is not None
+    ):
+        return replace(current, long_running=prev.long_running)  # a queued job starts
     if not same_run:
         return current
     assert prev is not None

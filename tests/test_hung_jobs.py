@@ -240,3 +240,17 @@ def test_a_job_first_seen_after_the_baseline_with_an_old_updated_at_is_not_stall
     late = late.model_copy(update={"id": "j2"})
     poller.poll(T0 + MINUTE, job(rows=1, updated=T0 + MINUTE), late)
     assert poller.events == []
+
+
+def test_a_job_that_ran_long_in_the_queue_is_not_said_long_again_once_it_starts() -> None:
+    poller = Poller()
+    queued = job("queued", updated=T0, started_at=None)
+    poller.poll(T0, queued)
+    poller.through(T0 + MINUTE, T0 + LONG + 10 * MINUTE, lambda now: [queued])
+    started = T0 + LONG + 11 * MINUTE
+    poller.through(
+        started,
+        started + LONG + 10 * MINUTE,
+        lambda now: [job(rows=int((now - started) / MINUTE), updated=now, started_at=started)],
+    )
+    assert poller.kinds() == [(T0 + LONG, EventKind.LONG_RUNNING)]  # once for the run

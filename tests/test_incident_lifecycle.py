@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.alerts.cards import render_recovered, status_line
+from bot.alerts.cards import render_card, render_recovered, status_line
 from bot.alerts.incidents import Step, happened_at, step
 from bot.alerts.plan import held_back
 from bot.domain.delivery import Route
@@ -55,6 +55,7 @@ OPEN = Incident(
     mention="<!subteam^S1>",
     version=3,
 )
+STALL_OPEN = OPEN.model_copy(update={"last": event(EventKind.STALLED)})
 POSTS = Route(channel=CH, mention="<!subteam^S1>")
 MUTED = Route(channel=CH, muted="pg-orders")
 RECOVERY_ONLY = Route(channel=CH, recovery_only=True)
@@ -82,7 +83,24 @@ ROWS: list[tuple[str, Incident | None, JobEvent, Route, Step, str]] = [
     ("plain success", None, event(S), POSTS, Step.PLAIN, "none"),
     ("success nobody asked for", None, event(S), RECOVERY_ONLY, Step.DROP, "none"),
     ("muted success, no incident", None, event(S), MUTED, Step.HOLD, "none"),
-    ("progressing again", OPEN, event(EventKind.PROGRESSING), POSTS, Step.NOTE, "moving"),
+    (
+        "a stall progressing again",
+        STALL_OPEN,
+        event(EventKind.PROGRESSING),
+        POSTS,
+        Step.NOTE,
+        "moving",
+    ),
+    # Another run's progress, or a stall a failure has joined since: said in the thread only.
+    ("progressing after a failure", OPEN, event(EventKind.PROGRESSING), POSTS, Step.NOTE, "same"),
+    (
+        "another run progressing",
+        STALL_OPEN,
+        event(EventKind.PROGRESSING, 3),
+        POSTS,
+        Step.NOTE,
+        "same",
+    ),
     (
         "a stall after progress joins",
         OPEN.model_copy(update={"moving_since": T0}),
@@ -223,3 +241,12 @@ def test_a_muted_stall_is_summed_up_from_when_it_stopped_moving() -> None:
     last = json.loads(held.last_failure)
     assert last["at"] == (T0 + timedelta(minutes=12)).isoformat()
     assert last["message"] == "stalled, no progress"
+
+
+def test_the_card_of_a_stall_that_moved_keeps_the_figures_of_when_it_moved() -> None:
+    stall = event(EventKind.STALLED).model_copy(update={"since": T0})
+    moved = T0 + timedelta(minutes=20)
+    incident = OPEN.model_copy(update={"last": stall, "moving_since": moved})
+    later = render_card(incident, now=moved + timedelta(hours=3))
+    shown = later.text + json.dumps(later.blocks)
+    assert "No progress for*\\n20m" in shown  # not 3h 20m: it moved at 20m

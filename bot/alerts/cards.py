@@ -148,7 +148,8 @@ def render_card(
     incident: Incident, *, now: datetime, resolved_at: datetime | None = None
 ) -> AlertMessage:
     """The card as it should read now (open, acknowledged, muted, or recovered)."""
-    body = _body(incident.last, now)
+    # A stall that moves again: its figures ("no progress for …") as they were when it moved.
+    body = _body(incident.last, incident.moving_since or now)
     if incident.mention and resolved_at is None:
         body = with_mention(body, incident.mention)
     blocks: list[dict[str, Any]] = list(body.blocks)
@@ -201,9 +202,13 @@ def render_again(event: JobEvent) -> AlertMessage:
             f"({fmt_count(job.rows_emitted)} rows so far, job {inline_code(job.id, 80)})"
         )
     if event.kind is EventKind.LONG_RUNNING:
-        start = job.started_at or job.created_at
+        began = (
+            f"started {date_token(job.started_at)}"
+            if job.started_at
+            else f"queued since {date_token(job.created_at)}"
+        )
         return _one(
-            f":turtle: {connector} has been running too long: started {date_token(start)} "
+            f":turtle: {connector} has been running too long: {began} "
             f"(job {inline_code(job.id, 80)})"
         )
     when = job.finished_at or event.detected_at

@@ -30,7 +30,9 @@ Transitions (`DESIGN.md`, "Job semantics"):
   when it is still active `long_running_after` past its `started_at` (a job still queued:
   its `created_at`). A zero threshold turns its check off. Progress is watched from the first
   poll that sees the run, so a run already stalled when the bot starts alerts `stall_after`
-  later; a job waiting in a queue is not stalled (it may run long);
+  later; a job waiting in a queue is not stalled (it may run long). A stall's event id is its
+  `since`, read from the stored snapshot, so a poll redone after a crash (the snapshot and
+  the outbox are committed together) finds the same id; only the lease holder diffs;
 - a job missing from the listing is dropped from the snapshot once it has been missing for
   longer than `vanish_grace` (see `last_seen` below).
 
@@ -251,8 +253,13 @@ def continued(prev: JobSnapshot | None, current: JobSnapshot) -> JobSnapshot:
         prev is None
         or prev.state_class is not StateClass.ACTIVE
         or current.state_class is not StateClass.ACTIVE
-        or prev.started_at != current.started_at
     ):
+        return current
+    if prev.started_at is None and current.started_at is not None:
+        # A queued job starts: the same run (its long-running alert, from created_at, is
+        # not said again), whose progress counts from now.
+        return replace(current, long_running=prev.long_running) if prev.long_running else current
+    if prev.started_at != current.started_at:
         return current
     moved = prev.rows != current.rows or prev.updated_at != current.updated_at
     if not moved:

@@ -62,7 +62,7 @@ def happened_at(event: JobEvent) -> Timestamp:
     if event.kind is EventKind.STALLED:
         return event.since or event.detected_at
     if event.kind is EventKind.LONG_RUNNING:
-        return event.job.started_at or event.detected_at
+        return event.job.started_at or event.job.created_at
     if event.kind is EventKind.PROGRESSING:
         return event.detected_at
     return event.job.finished_at or event.detected_at
@@ -115,10 +115,9 @@ def step(
     kind, muted = event.kind, bool(route.muted)
     if incident is not None and event.event_id in incident.seen:
         # Counted already (a dead letter replayed): the same step again, nothing changes.
-        if kind is EventKind.PROGRESSING:
-            again = Step.NOTE
-        else:
-            again = Step.OPEN if incident.card == card else Step.JOIN
+        if kind is EventKind.PROGRESSING:  # not counted by a mute's summary either
+            return Outcome(Step.DROP if muted else Step.NOTE, incident, incident)
+        again = Step.OPEN if incident.card == card else Step.JOIN
         return Outcome(Step.HOLD if muted else again, incident, incident)
     if kind in INCIDENT_KINDS:
         if muted:
@@ -135,7 +134,12 @@ def step(
     if kind is EventKind.PROGRESSING:
         if incident is None or muted:
             return Outcome(Step.DROP, incident, incident)
-        return Outcome(Step.NOTE, incident, moving(incident, event))
+        last = incident.last
+        if last.kind is EventKind.STALLED and last.job.id == event.job.id:
+            return Outcome(Step.NOTE, incident, moving(incident, event))
+        # Another run's progress (or a stall since superseded by a failure): said in the
+        # thread; the card and its escalation stay with what the incident is about now.
+        return Outcome(Step.NOTE, incident, incident)
     if muted:
         return Outcome(Step.HOLD, incident, incident)
     if incident is not None and kind in (EventKind.CANCELLED, EventKind.FINISHED):

@@ -322,6 +322,8 @@ class Notifier:
         self._queues.clear()
         self._order.clear()
         self._ready_at.clear()
+        self._waiting.clear()  # what it waited on is the next holder's to find out
+        self._held_at = -math.inf
         self.delivery.reset()
         if was_active:
             log.info("notifier standing down replica=%s", self.identity.replica)

@@ -209,7 +209,8 @@ def _actions(
     elif kind is Step.NOTE:
         assert before is not None
         if event.kind is EventKind.PROGRESSING:
-            b.update(before.card, render_card(after or before, now=now))  # "progressing again"
+            if after is not None and after != before:  # the stall it is about moves again
+                b.update(before.card, render_card(after, now=now))
             b.in_thread(before.card, render_progressing(event), threads)
         else:
             b.in_thread(before.card, render_ended(event), threads)
