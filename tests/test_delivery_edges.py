@@ -279,3 +279,21 @@ async def test_an_outage_does_not_quarantine_innocent_alerts(
         await wait_until(lambda: outbox_empty(r), within=15, what="delivered after the outage")
     assert len(fake_slack.posted(CH)) == 1
     assert await dead_letters(r) == []
+
+
+async def test_a_replica_that_stands_down_forgets_what_slack_held_back(
+    backend: Backend, fake_slack: FakeSlack
+) -> None:
+    """What it waited on is the next holder's to find out: kept, it would read as a Slack
+    pause that never ends when this replica takes over again (a false ops alert)."""
+    r = backend.client()
+    fake_slack.fail("chat.postMessage", status=429, retry_after=30, channel=CH, times=10**6)
+    n = await make_notifier(r, fake_slack)
+    await enqueue(r, job_event(1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(n.run_forever(stop))
+    await wait_until(lambda: n._health(0, "").slack_paused > 0, within=10, what="held by Slack")
+    stop.set()
+    await task  # stands down
+    health = n._health(0, "")
+    assert health.slack_paused == 0 and health.slack_reason == ""
