@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.alerts.failure import SlackFailure
 from bot.alerts.render import AlertMessage, render_plain
@@ -135,14 +136,9 @@ class SlackSender:
         method = "conversations_history"
         if thread_ts is not None:
             method, args["ts"] = "conversations_replies", thread_ts
-        try:
-            async with self._limited():
-                response = await getattr(self._slack, method)(**args)
-        except Exception as exc:
-            failure = classify(exc)
-            if failure is None:
-                raise
-            return failure
+        response = await self._request(method, **args)
+        if isinstance(response, SlackFailure):
+            return response
         found: dict[str, str] = {}
         for message in response.get("messages") or []:
             for action in posted_actions(message):
@@ -179,13 +175,19 @@ class SlackSender:
             finally:
                 self.in_flight -= 1
 
-    async def _call(self, method: str, **args: Any) -> str | SlackFailure:
+    async def _request(self, method: str, **args: Any) -> AsyncSlackResponse | SlackFailure:
+        """One Web API call under the sender's limit; Slack's refusals come back as values
+        (anything else is a bug, and raises)."""
         try:
             async with self._limited():
-                response = await getattr(self._slack, method)(**args)
+                response: AsyncSlackResponse = await getattr(self._slack, method)(**args)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:
                 raise
             return failure
-        return str(response["ts"])
+        return response
+
+    async def _call(self, method: str, **args: Any) -> str | SlackFailure:
+        response = await self._request(method, **args)
+        return response if isinstance(response, SlackFailure) else str(response["ts"])
