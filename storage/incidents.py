@@ -157,6 +157,17 @@ def _ms(now: datetime) -> int:
     return int(now.timestamp() * 1000)
 
 
+def _refresh(incident: Incident, why: str, now: datetime) -> CardRefresh:
+    """The notice that redraws `incident`'s card after a button changed it."""
+    return CardRefresh(
+        channel=incident.channel,
+        connector=incident.connector,
+        card=incident.card,
+        why=why,
+        at=_ms(now),
+    )
+
+
 class IncidentStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
@@ -183,13 +194,7 @@ class IncidentStore:
         """Record `user_id` as the acknowledger unless someone was first; on success the card
         is refreshed through the outbox (escalation stops: it checks the same field)."""
         ack = Acked(by=user_id, name=name, at=now)
-        refresh = CardRefresh(
-            channel=incident.channel,
-            connector=incident.connector,
-            card=incident.card,
-            why="acknowledged",
-            at=_ms(now),
-        )
+        refresh = _refresh(incident, "acknowledged", now)
         reply: list[Any] = await self._ack(
             keys=[self._keys.incidents, self._keys.outbox],
             args=[
@@ -210,13 +215,7 @@ class IncidentStore:
         """Show on the card that its connector is muted here (the mute itself is the
         subscription store's); False when the incident closed meanwhile."""
         note = MutedHere(until=until, by=by)
-        refresh = CardRefresh(
-            channel=incident.channel,
-            connector=incident.connector,
-            card=incident.card,
-            why="muted",
-            at=_ms(now),
-        )
+        refresh = _refresh(incident, "muted", now)
         done = await self._note_mute(
             keys=[self._keys.incidents, self._keys.outbox],
             args=[
