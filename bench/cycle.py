@@ -19,19 +19,13 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 from redis.asyncio.connection import AbstractConnection
 
-from bench.listing_server import API_KEY, ORG
 from bench.naive import naive_cycle
+from bench.poller import bench_poller
 from bench.procs import advance, listing_server
 from bench.stats import median
-from bot.alerts.poller import Poller
-from bot.app.metrics import Metrics
-from bot.domain.states import StateClassifier
-from bot.timbal import JobCount, TimbalClient
-from storage.keys import Keys
-from tests.replica_helpers import alive, identity
+from bot.timbal import JobCount
 
 
 class RoundTrips:
@@ -82,23 +76,8 @@ async def used_memory(redis: aioredis.Redis) -> int:
 async def measure(jobs: int, redis_url: str, *, rounds: int, naive_rounds: int) -> CycleFigures:
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     await redis.flushall()
-    keys = Keys("bench", ORG)
     async with listing_server(jobs) as base_url, httpx.AsyncClient() as http:
-        timbal = TimbalClient(
-            base_url=base_url, api_key=SecretStr(API_KEY), org_id=ORG, timeout=60.0
-        )
-        who = identity("bench")
-        await alive(redis, keys, who)
-        poller = Poller(
-            redis=redis,
-            timbal=timbal,
-            keys=keys,
-            classifier=StateClassifier(),
-            org_id=ORG,
-            interval=60.0,
-            metrics=Metrics(),
-            identity=who,
-        )
+        poller, timbal = await bench_poller(redis, "bench", base_url)
         before = await used_memory(redis)
         await poller.run_once()  # the baseline
         bytes_per_job = (await used_memory(redis) - before) / jobs

@@ -16,16 +16,9 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
-from bench.listing_server import API_KEY, ORG
+from bench.poller import bench_poller
 from bench.procs import advance
-from bot.alerts.poller import Poller
-from bot.app.metrics import Metrics
-from bot.domain.states import StateClassifier
-from bot.timbal import TimbalClient
-from storage.keys import Keys
-from tests.replica_helpers import alive, identity
 
 
 def reset_peak() -> bool:
@@ -48,20 +41,7 @@ async def main(jobs: int, timbal_url: str, redis_url: str, cycles: int) -> None:
     reset = reset_peak()
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     await redis.flushall()
-    keys = Keys("rss", ORG)
-    who = identity("rss")
-    await alive(redis, keys, who)
-    timbal = TimbalClient(base_url=timbal_url, api_key=SecretStr(API_KEY), org_id=ORG, timeout=60)
-    poller = Poller(
-        redis=redis,
-        timbal=timbal,
-        keys=keys,
-        classifier=StateClassifier(),
-        org_id=ORG,
-        interval=60.0,
-        metrics=Metrics(),
-        identity=who,
-    )
+    poller, timbal = await bench_poller(redis, "rss", timbal_url)
     async with httpx.AsyncClient() as http:
         await poller.run_once()  # the baseline
         for _ in range(cycles):
