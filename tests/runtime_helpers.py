@@ -4,13 +4,15 @@ sends them, and the ephemeral answers read back at the fake Slack."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from bot.app.config import Settings
+from bot.app.config import Settings, load_settings
 from bot.app.runtime import Runtime
 from tests.fakes import FakeSlack
 from tests.slack_requests import block_action, post, slash_command
@@ -111,3 +113,27 @@ class Bot:
         ack = await post(self.http, self.runtime.base_url + "/slack/events", request)
         assert ack.status_code == 200
         return await self._answer(rid)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(slack: FakeSlack, redis_url: str, **overrides: Any) -> AsyncIterator[Bot]:
+    """The bot of the end-to-end tests, up on `bot_env`'s fakes: polling every second, no
+    pacing, no digests (a test may override any of it)."""
+    settings = load_settings(
+        **{
+            "port": 0,
+            "host": "127.0.0.1",
+            "redis_url": redis_url,
+            "poll_interval_seconds": 1.0,
+            "channel_min_interval_seconds": 0.0,
+            "digest_threshold": 1000,
+        }
+        | overrides
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        made = Bot(settings, Clock(datetime.now(UTC)), http, slack)
+        await made.start()
+        try:
+            yield made
+        finally:
+            await made.stop()

@@ -16,15 +16,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from bot.alerts.cards import ACK, MUTE, RUNS
-from bot.app.config import load_settings
 from storage.keys import Keys
 from tests.fakes import FakeSlack, FakeTimbal
-from tests.runtime_helpers import Bot, Clock
+from tests.runtime_helpers import Bot, running_bot
 from tests.waiting import wait_until
 
 CH = "C0ALERTS"  # the bot_env fixture's ALERT_CHANNEL
@@ -73,23 +71,8 @@ async def bot(
     bot_env: dict[str, str], redis_url: str, fake_slack: FakeSlack, request: pytest.FixtureRequest
 ) -> AsyncIterator[Bot]:
     extra: dict[str, Any] = getattr(request, "param", {})
-    settings = load_settings(
-        port=0,
-        host="127.0.0.1",
-        redis_url=redis_url,
-        poll_interval_seconds=1.0,
-        channel_min_interval_seconds=0.0,
-        digest_threshold=1000,
-        oncall_mention=ONCALL,
-        **extra,
-    )
-    async with httpx.AsyncClient(timeout=30) as http:
-        made = Bot(settings, Clock(datetime.now(UTC)), http, fake_slack)
-        await made.start()
-        try:
-            yield made
-        finally:
-            await made.stop()
+    async with running_bot(fake_slack, redis_url, oncall_mention=ONCALL, **extra) as made:
+        yield made
 
 
 async def _baseline(fake_timbal: FakeTimbal, redis_client: aioredis.Redis) -> None:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from bot.app.config import load_settings
 from storage.keys import Keys
 from tests.fakes import FakeSlack, FakeTimbal
-from tests.runtime_helpers import Bot, Clock
+from tests.runtime_helpers import Bot, Clock, running_bot
 from tests.waiting import wait_until
 
 SIGNING_SECRET = "test-signing-secret"  # the bot_env fixture's
@@ -51,21 +51,8 @@ async def bot(
     bot_env: dict[str, str], redis_url: str, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Bot]:
     monkeypatch.delenv("ALERT_CHANNEL")
-    settings = load_settings(
-        port=0,
-        host="127.0.0.1",
-        redis_url=redis_url,
-        poll_interval_seconds=1.0,
-        channel_min_interval_seconds=0.0,
-        digest_threshold=1000,
-    )
-    async with httpx.AsyncClient(timeout=30) as http:
-        made = Bot(settings, Clock(datetime.now(UTC)), http, fake_slack)
-        await made.start()
-        try:
-            yield made
-        finally:
-            await made.stop()
+    async with running_bot(fake_slack, redis_url) as made:
+        yield made
 
 
 async def test_two_channels_two_subscriptions_a_mute_and_its_summary_across_a_restart(
