@@ -14,9 +14,15 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp, AsyncRespond
 
 from handlers import actions, commands
-from handlers.commands import EMPTY_ACK_COMMANDS
+from handlers.commands import EMPTY_ACK_COMMANDS, listing_asked
 
-__all__ = ["EMPTY_ACK_COMMANDS", "SORRY", "register_error_handler", "register_handlers"]
+__all__ = [
+    "EMPTY_ACK_COMMANDS",
+    "SORRY",
+    "listing_asked",
+    "register_error_handler",
+    "register_handlers",
+]
 
 log = logging.getLogger(__name__)
 

@@ -253,7 +253,7 @@ async def test_an_unexpected_error_is_logged_and_the_user_told(
     async def broken(connector_id: str | None = None) -> list[Any]:
         raise RuntimeError("a bug, not a Timbal error")
 
-    monkeypatch.setattr(rt.timbal, "list_jobs_detailed", broken)
+    monkeypatch.setattr(rt.listings, "list_jobs_detailed", broken)
     with caplog.at_level(logging.ERROR, logger="handlers"):
         body = await reply_to(rt, http, fake_slack, "")
     assert body["text"] == SORRY

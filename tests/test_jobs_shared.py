@@ -4,10 +4,12 @@ JOBS_CACHE_SECONDS, its answer; the reply says when the listing was read."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from bot.app.config import load_settings
 from bot.app.runtime import Runtime, running
 from bot.domain.models import Job
-from bot.jobs.cache import SharedListings
+from bot.jobs.cache import MAX_SCOPES, SharedListings
 from bot.timbal import JobListing, TimbalUnavailable
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import post, slash_command
@@ -89,6 +91,88 @@ async def test_a_stale_answer_is_dropped_and_asked_for_again() -> None:
     await shared.aclose()
 
 
+@dataclass
+class StartingSource:
+    """A source with a synchronous `start` (as `OwnLoopSource` has): answers through futures
+    the test settles, and notes each request as it is taken."""
+
+    asked: list[str | None] = field(default_factory=list)
+    answers: list[asyncio.Future[JobListing]] = field(default_factory=list)
+
+    async def list_jobs(self, connector_id: str | None = None) -> list[Job]:
+        raise AssertionError("SharedListings uses start() when a source has it")
+
+    async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
+        raise AssertionError("SharedListings uses start() when a source has it")
+
+    def start(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
+        self.asked.append(connector_id)
+        self.answers.append(asyncio.get_running_loop().create_future())
+        return self.answers[-1]
+
+
+def listing_of(connector_id: str) -> JobListing:
+    return JobListing(
+        jobs=[Job.model_validate(make_job("j1", connector_id=connector_id))], skipped=0
+    )
+
+
+async def test_start_asks_the_source_before_the_caller_awaits_anything() -> None:
+    source = StartingSource()
+    shared = SharedListings(source, ttl=60, clock=lambda: T0)
+    answer = shared.start("a")  # synchronous: no loop turn between the call and the request
+    assert source.asked == ["a"]
+    assert shared.start("a") is answer and source.asked == ["a"]  # in flight: shared
+    source.answers[0].set_result(listing_of("a"))
+    listing = await shared.list_jobs_detailed("a")
+    assert listing.fetched_at == T0 and listing is await answer
+    await shared.aclose()
+
+
+async def test_a_cancelled_waiter_leaves_the_answer_to_the_others() -> None:
+    source = StartingSource()
+    shared = SharedListings(source, ttl=60)
+    first = asyncio.create_task(shared.list_jobs_detailed("a"))
+    second = asyncio.create_task(shared.list_jobs_detailed("a"))
+    await wait_until(lambda: len(source.asked) == 1)
+    first.cancel()
+    source.answers[0].set_result(listing_of("a"))
+    assert (await second).jobs[0].connector_id == "a"
+    assert first.cancelled() and len(source.asked) == 1
+
+
+async def test_a_failure_nobody_waited_for_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = StartingSource()
+    shared = SharedListings(source, ttl=60)
+    shared.start("a")  # asked as a command arrives; its listener never comes
+    source.answers[0].set_exception(TimbalUnavailable("Timbal answered 503."))
+    await asyncio.sleep(0)
+    gc.collect()  # a future whose exception nobody read logs it when collected
+    await asyncio.sleep(0)
+    assert "exception was never retrieved" not in caplog.text
+    shared.start("a")  # not kept: asked again
+    assert source.asked == ["a", "a"]
+
+
+async def test_past_max_scopes_the_least_recently_asked_answers_are_dropped() -> None:
+    source = StartingSource()
+    shared = SharedListings(source, ttl=60)
+    for i in range(MAX_SCOPES):
+        shared.start(f"c{i}")
+        source.answers[-1].set_result(listing_of(f"c{i}"))
+    await asyncio.sleep(0)
+    shared.start("c0")  # asked again: now the most recent
+    assert len(source.asked) == MAX_SCOPES
+    shared.start("new")  # one scope too many: c1, the least recent, goes
+    shared.start("c0")
+    assert len(source.asked) == MAX_SCOPES + 1
+    shared.start("c1")
+    assert source.asked[-1] == "c1" and len(source.asked) == MAX_SCOPES + 2
+    await shared.aclose()
+
+
 # --- over HTTP, as Slack sends them ------------------------------------------------------------
 
 
@@ -139,6 +223,53 @@ async def test_the_reply_says_when_the_listing_was_read(
     (call,) = fake_slack.calls_to("response_url")
     footer = call.body["blocks"][-1]["elements"][0]["text"]
     assert re.search(r"as of <!date\^\d+\^\{time_secs\}\|\d\d:\d\d:\d\d UTC>$", footer), footer
+
+
+async def test_the_listing_is_asked_for_as_the_command_arrives_before_bolt_runs_its_listener(
+    rt: Runtime,
+    fake_slack: FakeSlack,
+    fake_timbal: FakeTimbal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a crowd, Bolt reaches a listener ~100 ms after its request arrived: the Timbal
+    call all of them wait for is asked by the HTTP server, so it is out by then."""
+    fake_timbal.upsert("j1", connector_id="conn-1", state="running")
+    assert rt.app is not None
+    bolt_may_run = asyncio.Event()
+    dispatch = rt.app.async_dispatch
+
+    async def held(request: Any) -> Any:
+        await bolt_may_run.wait()
+        return await dispatch(request)
+
+    monkeypatch.setattr(rt.app, "async_dispatch", held)
+    request = slash_command(
+        text="conn-1", response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    await wait_until(lambda: len(fake_timbal.requests) == 1, what="Timbal asked before Bolt ran")
+    assert fake_timbal.requests[0]["query"] == {"connector_id": "conn-1"}
+    assert fake_slack.calls_to("response_url") == []  # the listener has not run
+    bolt_may_run.set()
+    await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 1)
+    assert len(fake_timbal.requests) == 1  # the listener found the call in flight
+
+
+async def test_only_a_listing_is_asked_for_early(
+    rt: Runtime, fake_slack: FakeSlack, fake_timbal: FakeTimbal
+) -> None:
+    """Help, a mistake and a subcommand ask Timbal for nothing."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i, text in enumerate(["help", "limit=zero", "subscriptions"]):
+            request = slash_command(
+                text=text,
+                response_url=fake_slack.response_url(f"r{i}"),
+                signing_secret=SIGNING_SECRET,
+            )
+            assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 3)
+    assert fake_timbal.requests == []
 
 
 def test_a_listing_made_from_another_renders_anew() -> None:

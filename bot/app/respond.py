@@ -1,36 +1,117 @@
-"""Replies to response URLs over one shared HTTP session (keep-alive), instead of Bolt's
-`respond`, which opens a session and a connection for every reply: under a crowd of `/jobs`
-that was most of the time between Timbal's answer and the last reply.
+"""Replies to response URLs: one shared HTTP session, and each distinct reply serialized once.
+
+Bolt's `respond` opens a session and a connection for every reply; slack_sdk's webhook client
+(`AsyncWebhookClient.send_dict`, which this module used before) reuses a session, but still
+builds a client, a retry state and a JSON string per reply. Under a crowd of `/jobs` that was
+most of the time between Timbal's answer and the last reply, and the crowd's replies are
+mostly one reply: requests that share a listing share its rendered blocks
+(`JobListing.rendered`). So `Replies` posts bytes on one keep-alive session and keeps the
+bodies of the last few distinct replies, keyed by their blocks object; the POST, its JSON and
+its one retry on a dropped connection are what the webhook client did (hand-written, ~40
+lines, for the per-reply cost).
 
 `SharedRespond` is a Bolt `AsyncRespond` (listeners keep their signature); the runtime puts
-one in each request's context, and Bolt's own is then never built. The message goes through
-slack_sdk's public `AsyncWebhookClient.send`, as Bolt's does.
+one in each request's context, and Bolt's own is then never built. It answers slack_sdk's
+`WebhookResponse`, as Bolt's does; a connection that fails twice raises aiohttp's error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from typing import Any
+from urllib.request import getproxies
 
 import aiohttp
 from slack_bolt.async_app import AsyncRespond
+from slack_sdk.models import JsonObject
 from slack_sdk.models.attachments import Attachment
 from slack_sdk.models.blocks import Block
 from slack_sdk.webhook import WebhookResponse
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 TIMEOUT_SECONDS = 30  # slack_sdk's webhook default
+CONNECTIONS = 256  # at once; aiohttp's default of 100 queued half of a crowd of 200 replies
+BODIES_KEPT = 32  # distinct replies kept serialized
+HEADERS = {"Content-Type": "application/json;charset=utf-8", "User-Agent": "timbal-jobs-bot"}
+# What slack_sdk's webhook client retries once: the connection dropped or was refused.
+RETRIED = (aiohttp.ServerConnectionError, aiohttp.ClientOSError)
 
 
-def reply_session() -> aiohttp.ClientSession:
+def _plain(value: Any) -> Any:
+    if isinstance(value, JsonObject):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+class Replies:
     """The session replies share (the runtime opens it at start and closes it last)."""
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
+
+    def __init__(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS),
+            connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+        )
+        # The proxy slack_sdk's webhook client takes from HTTPS_PROXY / HTTP_PROXY, read
+        # once: aiohttp's trust_env would look it (and ~/.netrc) up on a thread per request.
+        proxies = getproxies()
+        self._proxy = proxies.get("https") or proxies.get("http") or None
+        self._bodies: OrderedDict[Hashable, tuple[object, bytes]] = OrderedDict()
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def body(self, message: dict[str, Any]) -> bytes:
+        """`message` as JSON, None values left out (as slack_sdk sends it); a message whose
+        blocks are the same list as a recent one's (and the rest equal) is serialized once."""
+        blocks = message.get("blocks")
+        scalars = tuple(
+            (k, v) for k, v in message.items() if k != "blocks" and isinstance(v, Hashable)
+        )
+        key: Hashable | None = None
+        if isinstance(blocks, list) and len(scalars) == len(message) - 1:
+            key = (id(blocks), scalars)
+            kept = self._bodies.get(key)
+            if kept is not None and kept[0] is blocks:
+                self._bodies.move_to_end(key)
+                return kept[1]
+        plain = {k: _plain(v) for k, v in message.items() if v is not None}
+        encoded = json.dumps(plain).encode()
+        if key is not None:
+            self._bodies[key] = (blocks, encoded)  # the list held: its id stays its own
+            if len(self._bodies) > BODIES_KEPT:
+                self._bodies.popitem(last=False)
+        return encoded
+
+    async def post(self, url: str, body: bytes) -> WebhookResponse:
+        for attempt in (1, 2):
+            try:
+                async with self.session.post(
+                    url, data=body, headers=HEADERS, proxy=self._proxy
+                ) as response:
+                    text = await response.text()
+                    return WebhookResponse(
+                        url=url,
+                        status_code=response.status,
+                        body=text,
+                        headers=response.headers,  # type: ignore[arg-type]
+                    )
+            except RETRIED:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class SharedRespond(AsyncRespond):
-    def __init__(self, *, response_url: str | None, session: aiohttp.ClientSession) -> None:
+    def __init__(self, *, response_url: str | None, replies: Replies) -> None:
         super().__init__(response_url=response_url)
-        self._session = session
+        self._replies = replies
 
     async def __call__(
         self,
@@ -47,19 +128,19 @@ class SharedRespond(AsyncRespond):
     ) -> WebhookResponse:
         if self.response_url is None:
             raise ValueError("respond is unsupported here as there is no response_url")
-        client = AsyncWebhookClient(url=self.response_url, session=self._session)
         if isinstance(text, dict):
-            return await client.send_dict(text)
-        message: dict[str, Any] = {  # what Bolt's respond sends (send_dict drops the Nones)
-            "text": text,
-            "blocks": blocks or None,
-            "attachments": attachments or None,
-            "response_type": response_type,
-            "replace_original": replace_original,
-            "delete_original": delete_original,
-            "unfurl_links": unfurl_links,
-            "unfurl_media": unfurl_media,
-            "thread_ts": thread_ts,
-            "metadata": metadata,
-        }
-        return await client.send_dict(message)
+            message = text
+        else:
+            message = {  # what Bolt's respond sends
+                "text": text,
+                "blocks": blocks or None,
+                "attachments": attachments or None,
+                "response_type": response_type,
+                "replace_original": replace_original,
+                "delete_original": delete_original,
+                "unfurl_links": unfurl_links,
+                "unfurl_media": unfurl_media,
+                "thread_ts": thread_ts,
+                "metadata": metadata,
+            }
+        return await self._replies.post(self.response_url, self._replies.body(message))

@@ -42,7 +42,7 @@ from bot.alerts.watchdog import Thresholds
 from bot.app.config import Settings, SlackMode, StoreSettings, TimbalSettings
 from bot.app.health import Health
 from bot.app.metrics import Metrics
-from bot.app.respond import SharedRespond, reply_session
+from bot.app.respond import Replies, SharedRespond
 from bot.app.serve import serve
 from bot.app.services import Services, classifier_from
 from bot.app.slack_signing import Refusal, Unreadable, read_body, verify
@@ -50,7 +50,8 @@ from bot.jobs.cache import SharedListings
 from bot.reach import unreachable
 from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
-from handlers import EMPTY_ACK_COMMANDS, register_handlers
+from bot.timbal.own_loop import OwnLoopSource
+from handlers import EMPTY_ACK_COMMANDS, listing_asked, register_handlers
 from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
 from storage.incidents import IncidentStore
@@ -196,8 +197,12 @@ class Runtime:
         self.classifier = classifier_from(settings)
         self.subscriptions = SubscriptionStore(self.redis, self.keys)
         self.incidents = IncidentStore(self.redis, self.keys)
-        # /jobs reads through a short shared cache; the poller reads Timbal itself.
-        self.listings = SharedListings(self.timbal, ttl=settings.jobs_cache_seconds, clock=clock)
+        # /jobs reads through a short shared cache, over a client on a thread of its own
+        # (`bot.timbal.own_loop`); the poller reads Timbal itself, on this loop.
+        self.jobs_source = OwnLoopSource(lambda: build_timbal(settings))
+        self.listings = SharedListings(
+            self.jobs_source, ttl=settings.jobs_cache_seconds, clock=clock
+        )
         self.services = Services(
             settings=settings,
             timbal=self.listings,
@@ -242,7 +247,7 @@ class Runtime:
     _verifier: SignatureVerifier | None = None
     _authorization: AuthorizeResult | None = None
     _connecting: asyncio.Task[None] | None = None
-    _replies: aiohttp.ClientSession | None = None  # responses to response URLs
+    _replies: Replies | None = None  # responses to response URLs
     startup_error: StartupError | None = None  # a refusal met after start() returned
 
     def _build_app(self) -> AsyncApp:
@@ -281,7 +286,7 @@ class Runtime:
             if context.response_url is not None and self._replies is not None:
                 # Replies reuse one HTTP session (Bolt's respond opens one per reply).
                 context["respond"] = SharedRespond(
-                    response_url=context.response_url, session=self._replies
+                    response_url=context.response_url, replies=self._replies
                 )
             await next()
 
@@ -392,7 +397,7 @@ class Runtime:
     async def start(self) -> None:
         """Serve HTTP, start the workers, reach Slack (retried in the background)."""
         if self.app is not None:
-            self._replies = reply_session()
+            self._replies = Replies()
         await self._start_http()  # first: /healthz answers while Slack does not
         # Join the replicas: only a live replica may lead (poll, deliver).
         self._spawn("heartbeat", self._beat_forever(registered=await self._register()))
@@ -568,6 +573,7 @@ class Runtime:
         with contextlib.suppress(RedisError):
             await self.replicas.leave()  # another replica takes over at once
         await self.listings.aclose()
+        await self.jobs_source.aclose()
         if self._replies is not None:
             await self._replies.close()
         await self.timbal.aclose()
@@ -599,10 +605,15 @@ class Runtime:
         if unreadable is not Unreadable.NONE:
             log.warning("refused a signed request to %s: %s", SLACK_EVENTS_PATH, unreadable.value)
             return web.Response(status=400)
-        if _command(text) in EMPTY_ACK_COMMANDS:
+        command, command_text = _command(text)
+        if command in EMPTY_ACK_COMMANDS:
             # Its listener acks empty first anyway: ack here, before Bolt even reads the
             # request, so a crowd of /jobs is acked in the time of reading it, not of
-            # answering it.
+            # answering it. The listing it will wait for is asked for now, before Bolt
+            # runs the listener: under a crowd, that is a hundred milliseconds later.
+            asked = listing_asked(command, command_text)
+            if asked is not None:
+                self.listings.start(asked.connector_id)
             task = asyncio.create_task(self._dispatch(text, request), name="command")
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
@@ -619,12 +630,13 @@ class Runtime:
         return await self.app.async_dispatch(bolt_request)
 
 
-def _command(form: str) -> str | None:
-    """The `command` field of a slash command's form (None for other payloads)."""
+def _command(form: str) -> tuple[str | None, str]:
+    """The `command` and `text` fields of a slash command's form (None, "" for others)."""
     if "command=" not in form:
-        return None
-    values = parse_qs(form, max_num_fields=100).get("command")
-    return values[0] if values else None
+        return None, ""
+    fields = parse_qs(form, max_num_fields=100)
+    command, text = fields.get("command"), fields.get("text")
+    return (command[0] if command else None), (text[0] if text else "")
 
 
 @contextlib.asynccontextmanager

@@ -82,6 +82,16 @@ def describe_failure(error: TimbalError, org_id: str) -> tuple[str, str]:
     return "timbal_error", "Timbal could not list the jobs; the bot logged the details."
 
 
+def listing_asked(text: str) -> JobsQuery | None:
+    """The listing `/jobs <text>` asks Timbal for first, None for a subcommand, help or a
+    mistake: the HTTP server asks for it as the command arrives, before this listener runs
+    (`bot.app.runtime`), and the listener then finds it in flight (`bot.jobs.cache`)."""
+    if parse_subcommand(text) is not None:
+        return None
+    parsed = parse_jobs_command(text)
+    return parsed if isinstance(parsed, JobsQuery) else None
+
+
 async def answer(text: str, services: Services, now: datetime) -> tuple[str, RenderedMessage]:
     """(metrics outcome, reply) for a listing query: the I/O shell around the pure parts."""
     parsed = parse_jobs_command(text)
