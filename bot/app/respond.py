@@ -53,6 +53,7 @@ class Replies:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS),
             connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a response URL sets none worth keeping
         )
         # The proxy slack_sdk's webhook client takes from HTTPS_PROXY / HTTP_PROXY, read
         # once: aiohttp's trust_env would look it (and ~/.netrc) up on a thread per request.
