@@ -47,7 +47,7 @@ class LoadFigures:
     ack_p99_ms: float
     reply_p50_ms: float
     reply_p99_ms: float
-    upstream_calls: int  # the most any burst cost
+    upstream_calls: int  # the most any burst cost, the warm-up burst included
     reply_p99_from_call_ms: float = 0.0  # the clock started as each send began
     warmup_reply_p99_ms: float = 0.0
     timbal_ms: float = TIMBAL_LATENCY * 1000

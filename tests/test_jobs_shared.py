@@ -93,19 +93,19 @@ async def test_a_stale_answer_is_dropped_and_asked_for_again() -> None:
 
 @dataclass
 class StartingSource:
-    """A source with a synchronous `start` (as `OwnLoopSource` has): answers through futures
+    """A source with a synchronous `ask` (as `OwnLoopSource` has): answers through futures
     the test settles, and notes each request as it is taken."""
 
     asked: list[str | None] = field(default_factory=list)
     answers: list[asyncio.Future[JobListing]] = field(default_factory=list)
 
     async def list_jobs(self, connector_id: str | None = None) -> list[Job]:
-        raise AssertionError("SharedListings uses start() when a source has it")
+        raise AssertionError("SharedListings uses ask() when a source has it")
 
     async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
-        raise AssertionError("SharedListings uses start() when a source has it")
+        raise AssertionError("SharedListings uses ask() when a source has it")
 
-    def start(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
+    def ask(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
         self.asked.append(connector_id)
         self.answers.append(asyncio.get_running_loop().create_future())
         return self.answers[-1]
@@ -120,13 +120,41 @@ def listing_of(connector_id: str) -> JobListing:
 async def test_start_asks_the_source_before_the_caller_awaits_anything() -> None:
     source = StartingSource()
     shared = SharedListings(source, ttl=60, clock=lambda: T0)
-    answer = shared.start("a")  # synchronous: no loop turn between the call and the request
+    answer = shared.ask("a")  # synchronous: no loop turn between the call and the request
     assert source.asked == ["a"]
-    assert shared.start("a") is answer and source.asked == ["a"]  # in flight: shared
+    again = shared.ask("a")
+    assert source.asked == ["a"]  # in flight: shared
     source.answers[0].set_result(listing_of("a"))
     listing = await shared.list_jobs_detailed("a")
-    assert listing.fetched_at == T0 and listing is await answer
+    assert listing.fetched_at == T0 and listing is await answer and listing is await again
     await shared.aclose()
+
+
+async def test_cancelling_one_view_of_an_answer_leaves_the_scope_working() -> None:
+    source = StartingSource()
+    shared = SharedListings(source, ttl=60)
+    impatient = shared.ask("a")
+    patient = shared.ask("a")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(impatient, 0.01)  # cancels what ask() returned
+    source.answers[0].set_result(listing_of("a"))
+    assert (await patient).jobs
+    assert (await shared.list_jobs_detailed("a")).jobs  # kept, not broken
+    assert source.asked == ["a"]
+    await shared.aclose()
+
+
+async def test_closing_cancels_the_calls_in_flight_and_refuses_new_requests() -> None:
+    source = SlowSource()
+    shared = SharedListings(source, ttl=60)
+    waiting = asyncio.create_task(shared.list_jobs_detailed("a"))
+    await wait_until(lambda: len(source.calls) == 1)
+    await shared.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert len(shared) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        shared.ask("a")
 
 
 async def test_a_cancelled_waiter_leaves_the_answer_to_the_others() -> None:
@@ -146,13 +174,13 @@ async def test_a_failure_nobody_waited_for_is_dropped_quietly(
 ) -> None:
     source = StartingSource()
     shared = SharedListings(source, ttl=60)
-    shared.start("a")  # asked as a command arrives; its listener never comes
+    shared.ask("a")  # asked as a command arrives; its listener never comes
     source.answers[0].set_exception(TimbalUnavailable("Timbal answered 503."))
     await asyncio.sleep(0)
     gc.collect()  # a future whose exception nobody read logs it when collected
     await asyncio.sleep(0)
     assert "exception was never retrieved" not in caplog.text
-    shared.start("a")  # not kept: asked again
+    shared.ask("a")  # not kept: asked again
     assert source.asked == ["a", "a"]
 
 
@@ -160,15 +188,15 @@ async def test_past_max_scopes_the_least_recently_asked_answers_are_dropped() ->
     source = StartingSource()
     shared = SharedListings(source, ttl=60)
     for i in range(MAX_SCOPES):
-        shared.start(f"c{i}")
+        shared.ask(f"c{i}")
         source.answers[-1].set_result(listing_of(f"c{i}"))
     await asyncio.sleep(0)
-    shared.start("c0")  # asked again: now the most recent
+    shared.ask("c0")  # asked again: now the most recent
     assert len(source.asked) == MAX_SCOPES
-    shared.start("new")  # one scope too many: c1, the least recent, goes
-    shared.start("c0")
+    shared.ask("new")  # one scope too many: c1, the least recent, goes
+    shared.ask("c0")
     assert len(source.asked) == MAX_SCOPES + 1
-    shared.start("c1")
+    shared.ask("c1")
     assert source.asked[-1] == "c1" and len(source.asked) == MAX_SCOPES + 2
     await shared.aclose()
 
@@ -254,6 +282,37 @@ async def test_the_listing_is_asked_for_as_the_command_arrives_before_bolt_runs_
     bolt_may_run.set()
     await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 1)
     assert len(fake_timbal.requests) == 1  # the listener found the call in flight
+
+
+async def test_a_listing_asked_early_that_fails_answers_its_own_command(
+    rt: Runtime,
+    fake_slack: FakeSlack,
+    fake_timbal: FakeTimbal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Timbal refuses before Bolt reaches the listener: the listener answers that refusal
+    instead of asking again (a failing Timbal would get every crowd twice)."""
+    fake_timbal.inject(status=403, body='{"error": "forbidden"}')
+    assert rt.app is not None
+    bolt_may_run = asyncio.Event()
+    dispatch = rt.app.async_dispatch
+
+    async def held(request: Any) -> Any:
+        await bolt_may_run.wait()
+        return await dispatch(request)
+
+    monkeypatch.setattr(rt.app, "async_dispatch", held)
+    request = slash_command(
+        text="conn-1", response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    await wait_until(lambda: len(fake_timbal.requests) == 1 and len(rt.listings) == 0)
+    bolt_may_run.set()  # the failure came, and was not kept
+    await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 1)
+    (reply,) = fake_slack.calls_to("response_url")
+    assert "cannot list jobs" in reply.body["text"]
+    assert len(fake_timbal.requests) == 1
 
 
 async def test_only_a_listing_is_asked_for_early(

@@ -45,7 +45,7 @@ class ThreadSource:
 async def test_the_request_is_taken_while_the_callers_loop_is_busy() -> None:
     inner = ThreadSource()
     source = OwnLoopSource(lambda: inner)
-    answer = source.start("a")
+    answer = source.ask("a")
     # The caller's loop does not turn (a crowd of requests being acked): the thread's does.
     assert inner.asked.wait(5), "the call waited for the caller's loop"
     assert inner.called_in == [THREAD_NAME]
@@ -61,7 +61,7 @@ async def test_the_request_is_taken_while_the_callers_loop_is_busy() -> None:
 async def test_cancelling_the_answer_cancels_the_call_in_the_thread() -> None:
     inner = ThreadSource()
     source = OwnLoopSource(lambda: inner)
-    answer = source.start("a")
+    answer = source.ask("a")
     assert inner.asked.wait(5)
     answer.cancel()
     assert await asyncio.to_thread(inner.cancelled.wait, 5)
@@ -71,14 +71,24 @@ async def test_cancelling_the_answer_cancels_the_call_in_the_thread() -> None:
 async def test_closing_cancels_the_calls_in_flight_and_refuses_new_ones() -> None:
     inner = ThreadSource()
     source = OwnLoopSource(lambda: inner)
-    answer = source.start("a")
+    answer = source.ask("a")
     assert inner.asked.wait(5)
     await source.aclose()
     assert inner.cancelled.is_set() and inner.closed_in == [THREAD_NAME]
     with pytest.raises(asyncio.CancelledError):
         await answer
     with pytest.raises(RuntimeError, match="closed"):
-        source.start("a")
+        source.ask("a")
+
+
+async def test_open_starts_the_thread_before_the_first_request() -> None:
+    inner = ThreadSource()
+    inner.release.set()
+    source = OwnLoopSource(lambda: inner)
+    await source.open()
+    assert source.thread is not None and source.thread.is_alive()
+    assert (await source.ask("a")).jobs and inner.called_in == [THREAD_NAME]
+    await source.aclose()
 
 
 async def test_an_unused_source_starts_no_thread_and_closes_at_once() -> None:
@@ -103,8 +113,8 @@ async def test_a_source_that_cannot_be_built_fails_the_call_and_is_built_again()
 
     source = OwnLoopSource(make)
     with pytest.raises(ValueError, match="no such Timbal"):
-        source.start("a")
+        source.ask("a")
     assert source.thread is None
-    assert (await source.start("a")).jobs
+    assert (await source.ask("a")).jobs
     assert len(attempts) == 2
     await source.aclose()

@@ -8,7 +8,7 @@ mostly one reply: requests that share a listing share its rendered blocks
 (`JobListing.rendered`). So `Replies` posts bytes on one keep-alive session and keeps the
 bodies of the last few distinct replies, keyed by their blocks object; the POST, its JSON and
 its one retry on a dropped connection are what the webhook client did (hand-written, ~40
-lines, for the per-reply cost).
+lines, for the per-reply cost). The proxy (HTTPS_PROXY, HTTP_PROXY) is read once, at start.
 
 `SharedRespond` is a Bolt `AsyncRespond` (listeners keep their signature); the runtime puts
 one in each request's context, and Bolt's own is then never built. It answers slack_sdk's
@@ -17,6 +17,7 @@ one in each request's context, and Bolt's own is then never built. It answers sl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -33,6 +34,7 @@ from slack_sdk.webhook import WebhookResponse
 TIMEOUT_SECONDS = 30  # slack_sdk's webhook default
 CONNECTIONS = 256  # at once; aiohttp's default of 100 queued half of a crowd of 200 replies
 BODIES_KEPT = 32  # distinct replies kept serialized
+RETRY_PAUSE_SECONDS = 0.5  # slack_sdk's first backoff
 HEADERS = {"Content-Type": "application/json;charset=utf-8", "User-Agent": "timbal-jobs-bot"}
 # What slack_sdk's webhook client retries once: the connection dropped or was refused.
 RETRIED = (aiohttp.ServerConnectionError, aiohttp.ClientOSError)
@@ -91,6 +93,8 @@ class Replies:
         return encoded
 
     async def post(self, url: str, body: bytes) -> WebhookResponse:
+        if self.session.closed:  # the bot is stopping: an error the callers expect
+            raise aiohttp.ClientConnectionError("the reply session is closed")
         for attempt in (1, 2):
             try:
                 async with self.session.post(
@@ -103,9 +107,13 @@ class Replies:
                         body=text,
                         headers=response.headers,  # type: ignore[arg-type]
                     )
-            except RETRIED:
+            except RETRIED as exc:
                 if attempt == 2:
                     raise
+                if not isinstance(exc, aiohttp.ServerDisconnectedError):
+                    # Refused or reset, not a kept-alive connection the server had closed:
+                    # wait a little first, as slack_sdk's retry handler does.
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -51,7 +51,7 @@ from bot.reach import unreachable
 from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
 from bot.timbal.own_loop import OwnLoopSource
-from handlers import EMPTY_ACK_COMMANDS, listing_asked, register_handlers
+from handlers import ASKED_LISTING, EMPTY_ACK_COMMANDS, listing_asked, register_handlers
 from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
 from storage.incidents import IncidentStore
@@ -398,6 +398,7 @@ class Runtime:
         """Serve HTTP, start the workers, reach Slack (retried in the background)."""
         if self.app is not None:
             self._replies = Replies()
+            await self.jobs_source.open()  # its thread, before the first /jobs needs it
         await self._start_http()  # first: /healthz answers while Slack does not
         # Join the replicas: only a live replica may lead (poll, deliver).
         self._spawn("heartbeat", self._beat_forever(registered=await self._register()))
@@ -611,21 +612,37 @@ class Runtime:
             # request, so a crowd of /jobs is acked in the time of reading it, not of
             # answering it. The listing it will wait for is asked for now, before Bolt
             # runs the listener: under a crowd, that is a hundred milliseconds later.
-            asked = listing_asked(command, command_text)
-            if asked is not None:
-                self.listings.start(asked.connector_id)
-            task = asyncio.create_task(self._dispatch(text, request), name="command")
+            # (HTTP mode only: in Socket Mode the listener asks.)
+            task = asyncio.create_task(
+                self._dispatch(text, request, self._ask_early(command, command_text)),
+                name="command",
+            )
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
             return web.Response(status=200)
         return await to_aiohttp_response(await self._dispatch(text, request))
 
-    async def _dispatch(self, text: str, request: web.Request) -> BoltResponse:
+    def _ask_early(self, command: str | None, text: str) -> dict[str, Any]:
+        """The listing the command's listener will wait for, asked for now (for the Bolt
+        context: the listener answers from it; see `handlers.commands.jobs`)."""
+        query = listing_asked(command, text)
+        if query is None:
+            return {}
+        try:
+            return {ASKED_LISTING: self.listings.ask(query.connector_id)}
+        except Exception:  # the ack must not depend on it: the listener asks again
+            log.exception("/jobs: could not ask Timbal ahead of the listener")
+            return {}
+
+    async def _dispatch(
+        self, text: str, request: web.Request, context: dict[str, Any] | None = None
+    ) -> BoltResponse:
         assert self.app is not None
         bolt_request = AsyncBoltRequest(
             body=text,
             query=request.query_string,
             headers=request.headers,  # type: ignore[arg-type]
+            context=context,
         )
         return await self.app.async_dispatch(bolt_request)
 

@@ -9,10 +9,12 @@ that waited for it but not kept: the next request asks again. At most `MAX_SCOPE
 (the org, or one connector; users type connector ids) are kept, each only while fresh: a
 stale listing is dropped on time, not on the next request (an org listing can be large).
 
-`start(scope)` is synchronous: the HTTP server calls it as a slash command arrives, before
-the command's listener runs, so the call that the listener will wait for is already asked.
-A source with a synchronous `start` of its own (`OwnLoopSource`) has the request out before
-`start` returns.
+`ask(scope)` is synchronous: the HTTP server calls it as a slash command arrives, before
+the command's listener runs, and hands the answer to that listener (`bot.app.runtime`), so
+the call the listener waits for is already asked, and a failure reaches the requests that
+asked for it even when it came before their listeners. A source with a synchronous `ask` of
+its own (`AsksListings`: `OwnLoopSource`) has the request out before `ask` returns. The call
+runs to its end even if every waiter leaves (its answer is kept for the next ones).
 
 Hand-written (~60 lines) instead of async-lru's `alru_cache`, which this module used before:
 its cached function is a coroutine, so a call could only start a loop turn later, and under a
@@ -39,15 +41,16 @@ def _utcnow() -> datetime:
 
 
 @runtime_checkable
-class StartsListings(Protocol):
+class AsksListings(Protocol):
     """A source that takes a request synchronously and answers through a future."""
 
-    def start(self, connector_id: str | None = None) -> asyncio.Future[JobListing]: ...
+    def ask(self, connector_id: str | None = None) -> asyncio.Future[JobListing]: ...
 
 
 @dataclass
 class _Entry:
-    answer: asyncio.Future[JobListing]  # the stamped listing, shared by every waiter
+    call: asyncio.Future[JobListing]  # the source's answer
+    answer: asyncio.Future[JobListing]  # the stamped listing; waiters get it shielded
     expiry: asyncio.TimerHandle | None = None  # set once answered: drops the entry on time
 
 
@@ -61,45 +64,60 @@ class SharedListings:
         self._ttl = ttl
         self._clock = clock
         self._entries: OrderedDict[str | None, _Entry] = OrderedDict()
+        self._closed = False
         self.upstream_calls = 0
+
+    def __len__(self) -> int:
+        """Scopes kept or in flight."""
+        return len(self._entries)
 
     async def list_jobs(self, connector_id: str | None = None) -> list[Job]:
         return (await self.list_jobs_detailed(connector_id)).jobs
 
     async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
-        # Shielded: one waiter cancelled does not cancel the answer the others wait for.
-        return await asyncio.shield(self.start(connector_id))
+        return await self.ask(connector_id)
 
-    def start(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
-        """The scope's listing: kept, in flight, or asked for now."""
+    def ask(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
+        """The scope's listing: kept, in flight, or asked for now.
+
+        Each caller gets its own view of the shared answer (`asyncio.shield`): cancelling it,
+        or a waiter cancelled, leaves the answer to the others. Nobody has to await it: a
+        failure nobody awaited is dropped without a "never retrieved" log.
+        """
+        if self._closed:
+            raise RuntimeError("the /jobs listings are closed")
         entry = self._entries.get(connector_id)
-        if entry is not None:
-            self._entries.move_to_end(connector_id)
-            return entry.answer
-        self.upstream_calls += 1
-        if isinstance(self._source, StartsListings):
-            call: asyncio.Future[JobListing] = self._source.start(connector_id)
+        if entry is None:
+            entry = self._call(connector_id)
         else:
-            call = asyncio.ensure_future(self._source.list_jobs_detailed(connector_id))
-        entry = _Entry(asyncio.get_running_loop().create_future())
-        call.add_done_callback(lambda done: self._answered(connector_id, entry, done))
-        self._entries[connector_id] = entry
-        self._evict()
-        return entry.answer
+            self._entries.move_to_end(connector_id)
+        view = asyncio.shield(entry.answer)
+        view.add_done_callback(_retrieved)
+        return view
 
-    def _answered(self, scope: str | None, entry: _Entry, call: asyncio.Future[JobListing]) -> None:
-        answer = entry.answer
-        failure = None if call.cancelled() else call.exception()
-        if call.cancelled() or failure is not None:
-            self._forget(scope, entry)  # not kept: the next request asks again
+    def _call(self, scope: str | None) -> _Entry:
+        if isinstance(self._source, AsksListings):
+            call: asyncio.Future[JobListing] = self._source.ask(scope)
+        else:
+            call = asyncio.ensure_future(self._source.list_jobs_detailed(scope))
+        self.upstream_calls += 1
+        entry = _Entry(call, asyncio.get_running_loop().create_future())
+        entry.answer.add_done_callback(_retrieved)
+        call.add_done_callback(lambda done: self._answered(scope, entry))
+        self._entries[scope] = entry
+        self._evict()
+        return entry
+
+    def _answered(self, scope: str | None, entry: _Entry) -> None:
+        call, answer = entry.call, entry.answer
+        if answer.done() or call.cancelled() or call.exception() is not None:
+            self._forget(scope, entry)  # a failure is not kept: the next request asks again
             if not answer.done():
+                failure = None if call.cancelled() else call.exception()
                 if failure is None:
                     answer.cancel()
                 else:
                     answer.set_exception(failure)
-            _retrieved(answer)  # a failure no request waited for is not an error to log
-            return
-        if answer.done():  # closed meanwhile
             return
         answer.set_result(replace(call.result(), fetched_at=self._clock()))
         if self._entries.get(scope) is entry:
@@ -124,11 +142,19 @@ class SharedListings:
                 return  # every kept scope is in flight: they end on their own
 
     async def aclose(self) -> None:
-        """Drop every kept listing and its timer; calls in flight answer `CancelledError`."""
+        """Refuse new requests; drop every kept listing and its timer; cancel the calls in
+        flight (their waiters get `CancelledError`)."""
+        self._closed = True
+        calls = []
         for scope, entry in list(self._entries.items()):
             self._forget(scope, entry)
             if not entry.answer.done():
                 entry.answer.cancel()
+            if not entry.call.done():
+                entry.call.cancel()
+                calls.append(entry.call)
+        if calls:
+            await asyncio.wait(calls)
 
 
 def _retrieved(answer: asyncio.Future[JobListing]) -> None:

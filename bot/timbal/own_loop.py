@@ -6,10 +6,11 @@ turns (connect, write, read) before its request even leaves. `/jobs` answers can
 Timbal's, so the call that all of them wait for must not queue behind them: on its own loop
 it is on the wire at once, and the bot's loop only gets the parsed answer back.
 
-`start(connector_id)` is synchronous: the request is handed to the thread before the caller
-awaits anything. The source is built in the thread (`make()`), so its HTTP client belongs to
-that loop alone; `aclose()` closes it there and ends the thread. The thread starts on the
-first call, so an unused source costs nothing.
+`ask(connector_id)` is synchronous: the request is handed to the thread before the caller
+awaits anything. The source is built in the thread (`make()`), so its HTTP client (a
+connection pool of its own) belongs to that loop alone; `aclose()` closes it there and ends
+the thread. `open()` starts the thread without blocking the caller's loop (the runtime
+calls it at start); otherwise the first `ask` starts it, blocking for the ~30 ms it takes.
 
 Hand-written: the standard library's `run_coroutine_threadsafe` and `wrap_future` do the
 crossing; what is here is the thread's start and stop (~40 lines).
@@ -18,6 +19,7 @@ crossing; what is here is the thread's start and stop (~40 lines).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -26,6 +28,7 @@ from bot.domain.models import Job
 from bot.timbal.listing import JobListing
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 THREAD_NAME = "timbal-jobs"
 CLOSE_SECONDS = 10.0  # for the source's own aclose() in the thread
@@ -54,9 +57,9 @@ class OwnLoopSource:
         return (await self.list_jobs_detailed(connector_id)).jobs
 
     async def list_jobs_detailed(self, connector_id: str | None = None) -> JobListing:
-        return await self.start(connector_id)
+        return await self.ask(connector_id)
 
-    def start(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
+    def ask(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
         """Ask now (the thread has the request when this returns); await the answer later.
 
         Cancelling the returned future cancels the call in the thread.
@@ -65,6 +68,10 @@ class OwnLoopSource:
         return self._submit(loop, source.list_jobs_detailed(connector_id))
 
     # --- the thread ------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Start the thread and build the source there, off the caller's loop."""
+        await asyncio.to_thread(self._running)
+
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
@@ -97,6 +104,7 @@ class OwnLoopSource:
             try:
                 loop.run_forever()
             finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
@@ -121,9 +129,13 @@ class OwnLoopSource:
             return
         try:
             await asyncio.wait_for(self._submit(loop, _shut_down(source)), CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("%s: the source did not close within %.0fs", self._name, CLOSE_SECONDS)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, CLOSE_SECONDS)
+            if thread.is_alive():
+                log.warning("%s: the thread did not end within %.0fs", self._name, CLOSE_SECONDS)
 
 
 async def _shut_down(source: ClosableSource) -> None:

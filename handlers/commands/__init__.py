@@ -11,6 +11,7 @@ from handlers.commands import jobs
 # comes through the response URL): the HTTP server may send that ack itself, at once, and let
 # Bolt run the listener after it (see `bot.app.runtime`, `_slack_events`).
 EMPTY_ACK_COMMANDS = frozenset({jobs.COMMAND})
+ASKED_LISTING = jobs.ASKED_LISTING
 
 
 def listing_asked(command: str | None, text: str) -> JobsQuery | None:

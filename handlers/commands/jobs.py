@@ -32,6 +32,7 @@ from bot.jobs.query import HelpRequest, JobsQuery, QueryError, parse_jobs_comman
 from bot.jobs.subcommands import parse as parse_subcommand
 from bot.redaction import Redactor, excerpt
 from bot.timbal import (
+    JobListing,
     TimbalAuthError,
     TimbalBadResponse,
     TimbalError,
@@ -43,6 +44,9 @@ from handlers.commands.subscriptions import answer_subcommand
 log = logging.getLogger(__name__)
 
 COMMAND = "/jobs"
+# The Bolt context key of the listing the HTTP server asked for as the command arrived
+# (`listing_asked`; `bot.app.runtime`): an awaitable the listener answers from.
+ASKED_LISTING = "asked_listing"
 
 
 def _utcnow() -> datetime:
@@ -85,30 +89,38 @@ def describe_failure(error: TimbalError, org_id: str) -> tuple[str, str]:
 def listing_asked(text: str) -> JobsQuery | None:
     """The listing `/jobs <text>` asks Timbal for first, None for a subcommand, help or a
     mistake: the HTTP server asks for it as the command arrives, before this listener runs
-    (`bot.app.runtime`), and the listener then finds it in flight (`bot.jobs.cache`)."""
+    (`bot.app.runtime`), and hands it to the listener in its context (`ASKED_LISTING`)."""
     if parse_subcommand(text) is not None:
         return None
     parsed = parse_jobs_command(text)
     return parsed if isinstance(parsed, JobsQuery) else None
 
 
-async def answer(text: str, services: Services, now: datetime) -> tuple[str, RenderedMessage]:
+async def answer(
+    text: str, services: Services, now: datetime, asked: Awaitable[JobListing] | None = None
+) -> tuple[str, RenderedMessage]:
     """(metrics outcome, reply) for a listing query: the I/O shell around the pure parts."""
     parsed = parse_jobs_command(text)
     if isinstance(parsed, HelpRequest):
         return "usage", render_usage()
     if isinstance(parsed, QueryError):
         return "usage", render_usage(parsed.message)
-    return await answer_query(parsed, services, now)
+    return await answer_query(parsed, services, now, asked)
 
 
 async def answer_query(
-    parsed: JobsQuery, services: Services, now: datetime
+    parsed: JobsQuery,
+    services: Services,
+    now: datetime,
+    asked: Awaitable[JobListing] | None = None,
 ) -> tuple[str, RenderedMessage]:
-    """(metrics outcome, reply) for a parsed listing query (a card's Recent runs too)."""
+    """(metrics outcome, reply) for a parsed listing query (a card's Recent runs too);
+    `asked`: the listing already asked for this query, if it was."""
     org_id = services.settings.timbal_org_id
     try:
-        listing = await services.timbal.list_jobs_detailed(parsed.connector_id)
+        if asked is None:
+            asked = services.timbal.list_jobs_detailed(parsed.connector_id)
+        listing = await asked
         suggestions: list[str] = []
         if parsed.connector_id is not None and not listing.jobs:
             # An unknown connector, perhaps mistyped: the org's listing holds the real ids.
@@ -177,7 +189,7 @@ async def handle_jobs_command(
                 subcommand, command, services, context.client, clock()
             )
         else:
-            result, message = await answer(text, services, clock())
+            result, message = await answer(text, services, clock(), context.get(ASKED_LISTING))
         await reply(respond, message, redact)
         outcome = result
     finally:
