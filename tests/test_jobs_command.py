@@ -3,6 +3,7 @@ the reply read at FakeSlack's response URL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -250,10 +251,12 @@ async def test_an_unexpected_error_is_logged_and_the_user_told(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken(connector_id: str | None = None) -> list[Any]:
-        raise RuntimeError("a bug, not a Timbal error")
+    def broken(connector_id: str | None = None) -> asyncio.Future[Any]:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answer.set_exception(RuntimeError("a bug, not a Timbal error"))
+        return answer
 
-    monkeypatch.setattr(rt.listings, "list_jobs_detailed", broken)
+    monkeypatch.setattr(rt.listings, "ask", broken)
     with caplog.at_level(logging.ERROR, logger="handlers"):
         body = await reply_to(rt, http, fake_slack, "")
     assert body["text"] == SORRY
@@ -263,6 +266,26 @@ async def test_an_unexpected_error_is_logged_and_the_user_told(
     assert "/jobs" in record.getMessage()
     assert SIGNING_SECRET not in caplog.text and "deprecated-verification-token" not in caplog.text
     await wait_until(lambda: outcome_count(rt, "error") == 1)
+
+
+async def test_an_early_ask_that_raises_still_acks_and_the_listener_answers(
+    rt: Runtime,
+    http: httpx.AsyncClient,
+    fake_slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The HTTP server's early ask is an optimisation: if it raises, the ack still goes out,
+    and the listener's own ask meets the same error, which the user is told about."""
+
+    def broken(connector_id: str | None = None) -> asyncio.Future[Any]:
+        raise RuntimeError("a bug in the early ask")
+
+    monkeypatch.setattr(rt.listings, "ask", broken)
+    with caplog.at_level(logging.ERROR):
+        body = await reply_to(rt, http, fake_slack, "")  # checks the empty 200 ack
+    assert body["text"] == SORRY
+    assert "could not ask Timbal ahead of the listener" in caplog.text
 
 
 async def test_a_refused_reply_is_retried_as_text_then_reported(
