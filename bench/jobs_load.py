@@ -15,7 +15,9 @@ that is the generator's, not the bot's. The figure from the start of each send i
 
 Each burst starts cold (after JOBS_CACHE_SECONDS), so it is the single-flight that counts.
 One burst before them warms up what only a bot's first crowd pays (connections opened to the
-bot and from it, code paths run for the first time); it is reported apart (`warmup_*`).
+bot and from it, code paths run for the first time); it is reported apart (`warmup_*`). The
+measured bursts are 5.5 s apart, so they find the connections of the one before still open;
+the bursts after a quiet spell (`quiet_*`) find none: a crowd after a quiet minute.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from tests.redis_server import free_port
 SECRET = "bench-signing-secret"
 TIMBAL_LATENCY = 0.2
 CACHE_SECONDS = 5.0
+# Longer than every keep-alive in play: aiohttp's 15 s (the bot's replies, the load
+# generator's connections to the bot) and httpx's 5 s (the bot's Timbal client).
+QUIET_SECONDS = 16.0
+WARMUP, WARM, QUIET = "warm-up", "warm", "quiet"
 
 
 @dataclass
@@ -50,6 +56,8 @@ class LoadFigures:
     upstream_calls: int  # the most any burst cost, the warm-up burst included
     reply_p99_from_call_ms: float = 0.0  # the clock started as each send began
     warmup_reply_p99_ms: float = 0.0
+    quiet_reply_p99_ms: float | None = None  # bursts after a quiet spell (see `measure`)
+    quiet_seconds: float = 0.0
     timbal_ms: float = TIMBAL_LATENCY * 1000
     samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -95,13 +103,27 @@ async def upstream(http: aiohttp.ClientSession, control: str) -> int:
         return int((await response.json())["requests"])
 
 
-async def measure(redis_url: str, *, bursts: int, size: int) -> LoadFigures:
+async def measure(
+    redis_url: str, *, bursts: int, size: int, quiet_bursts: int = 0, quiet: float = QUIET_SECONDS
+) -> LoadFigures:
+    """`bursts` measured after the warm-up, 5.5 s apart; then `quiet_bursts`, each after
+    `quiet` seconds without a request (every kept-alive connection closed by then)."""
+    schedule = [WARMUP] + [WARM] * bursts + [QUIET] * quiet_bursts
     async with slack_process(TIMBAL_LATENCY) as (slack_url, timbal_url, control):
-        return await _measure(redis_url, slack_url, timbal_url, control, bursts=bursts, size=size)
+        return await _measure(
+            redis_url, slack_url, timbal_url, control, schedule=schedule, size=size, quiet=quiet
+        )
 
 
 async def _measure(
-    redis_url: str, slack_url: str, timbal_url: str, control: str, *, bursts: int, size: int
+    redis_url: str,
+    slack_url: str,
+    timbal_url: str,
+    control: str,
+    *,
+    schedule: list[str],
+    size: int,
+    quiet: float,
 ) -> LoadFigures:
     port = free_port()
     env = clean_env(
@@ -123,6 +145,7 @@ async def _measure(
     acks: list[list[float]] = []
     replies: list[list[float]] = []
     from_call: list[list[float]] = []
+    quiet_replies: list[list[float]] = []
     calls: list[int] = []
     try:
         await bot.start()
@@ -138,9 +161,9 @@ async def _measure(
                     return False
 
             await until(healthy, 60, "the bot's /healthz")
-            for burst in range(bursts + 1):  # the first warms up
-                if burst:
-                    await asyncio.sleep(CACHE_SECONDS + 0.5)  # cold again
+            for burst, kind in enumerate(schedule):
+                if burst:  # the cache cold again; after a quiet spell, the connections too
+                    await asyncio.sleep(quiet if kind == QUIET else CACHE_SECONDS + 0.5)
                 async with http.post(f"{control}/clear") as cleared:
                     cleared.raise_for_status()
                 before = await upstream(http, control)
@@ -169,14 +192,18 @@ async def _measure(
                 async with http.get(f"{control}/calls", params={"at_least": size}) as response:
                     found: list[list[Any]] = await response.json()
                 tagged = [(path.rsplit("/", 1)[-1], float(at)) for path, at in found]
+                calls.append(await upstream(http, control) - before)
+                if kind == QUIET:
+                    quiet_replies.append([(at - sent[tag]) * 1000 for tag, at in tagged])
+                    continue
                 acks.append(acked)
                 replies.append([(at - sent[tag]) * 1000 for tag, at in tagged])
                 from_call.append([(at - called[tag]) * 1000 for tag, at in tagged])
-                calls.append(await upstream(http, control) - before)
     finally:
         await bot.stop()
     warmup = percentile(replies[0], 99)
     acks, replies, from_call = acks[1:], replies[1:], from_call[1:]
+    quiet_p99 = [percentile(r, 99) for r in quiet_replies]
     return LoadFigures(
         requests=size,
         ack_p50_ms=median([percentile(a, 50) for a in acks]),
@@ -186,8 +213,11 @@ async def _measure(
         upstream_calls=max(calls),
         reply_p99_from_call_ms=median([percentile(r, 99) for r in from_call]),
         warmup_reply_p99_ms=warmup,
+        quiet_reply_p99_ms=median(quiet_p99) if quiet_p99 else None,
+        quiet_seconds=quiet,
         samples={
             "calls": [float(c) for c in calls],
             "reply_p99_per_burst": [percentile(r, 99) for r in replies],
+            "quiet_reply_p99_per_burst": quiet_p99,
         },
     )
