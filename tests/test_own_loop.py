@@ -91,6 +91,22 @@ async def test_open_starts_the_thread_before_the_first_request() -> None:
     await source.aclose()
 
 
+async def test_a_source_that_fails_to_close_is_logged_and_its_thread_still_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Failing(ThreadSource):
+        async def aclose(self) -> None:
+            raise OSError("socket already gone")
+
+    inner = Failing()
+    inner.release.set()
+    source = OwnLoopSource(lambda: inner)
+    assert (await source.ask("a")).jobs
+    await source.aclose()  # does not raise: the runtime has more to close after it
+    assert "failed to close" in caplog.text
+    assert source.thread is not None and not source.thread.is_alive()
+
+
 async def test_an_unused_source_starts_no_thread_and_closes_at_once() -> None:
     before = threading.active_count()
     source = OwnLoopSource(lambda: ThreadSource())

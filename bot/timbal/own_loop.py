@@ -131,6 +131,8 @@ class OwnLoopSource:
             await asyncio.wait_for(self._submit(loop, _shut_down(source)), CLOSE_SECONDS)
         except TimeoutError:
             log.warning("%s: the source did not close within %.0fs", self._name, CLOSE_SECONDS)
+        except Exception:  # the runtime closes what comes after this either way
+            log.exception("%s: the source failed to close", self._name)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, CLOSE_SECONDS)
