@@ -84,6 +84,17 @@ async def send(
     response.raise_for_status()
 
 
+def check_replies(tags: list[str], found: list[list[Any]]) -> None:
+    """Each command answered once, with a listing: a fast apology is not a fast answer."""
+    answered = sorted(path.rsplit("/", 1)[-1] for path, _, _ in found)
+    not_listings = sum(1 for *_, listing in found if not listing)
+    if answered != sorted(tags) or not_listings:
+        raise RuntimeError(
+            f"{len(found)} replies to {len(tags)} commands, {len(set(answered))} commands "
+            f"answered, {not_listings} replies not a listing; see {log_file('jobs-load')}"
+        )
+
+
 def written_at() -> aiohttp.TraceConfig:
     """Notes, per request, when its body was written to the socket (see the module doc)."""
 
@@ -191,7 +202,8 @@ async def _measure(
                 # during the burst would take CPU from the bot it measures.
                 async with http.get(f"{control}/calls", params={"at_least": size}) as response:
                     found: list[list[Any]] = await response.json()
-                tagged = [(path.rsplit("/", 1)[-1], float(at)) for path, at in found]
+                tagged = [(path.rsplit("/", 1)[-1], float(at)) for path, at, _ in found]
+                check_replies(tags, found)
                 calls.append(await upstream(http, control) - before)
                 if kind == QUIET:
                     quiet_replies.append([(at - sent[tag]) * 1000 for tag, at in tagged])
@@ -204,6 +216,7 @@ async def _measure(
     warmup = percentile(replies[0], 99)
     acks, replies, from_call = acks[1:], replies[1:], from_call[1:]
     quiet_p99 = [percentile(r, 99) for r in quiet_replies]
+    warm_p99 = [percentile(r, 99) for r in replies]
     return LoadFigures(
         requests=size,
         ack_p50_ms=median([percentile(a, 50) for a in acks]),
@@ -217,7 +230,7 @@ async def _measure(
         quiet_seconds=quiet,
         samples={
             "calls": [float(c) for c in calls],
-            "reply_p99_per_burst": [percentile(r, 99) for r in replies],
+            "reply_p99_per_burst": warm_p99,
             "quiet_reply_p99_per_burst": quiet_p99,
         },
     )

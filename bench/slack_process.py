@@ -6,7 +6,7 @@ measured, not the bot). CLOCK_MONOTONIC is one clock for every process of the ma
 
     python -m bench.slack_process --delay 0.2
         prints "ports SLACK TIMBAL SINK"; replies go to SINK/response/<tag>;
-        GET SINK/calls lists [[path, monotonic time], ...] (`?at_least=N`: once N have
+        GET SINK/calls lists [[path, monotonic time, is a listing], ...] (`?at_least=N`: once N have
         arrived, so the load generator waits with one request instead of polling during the
         burst it measures); POST SINK/clear;
         GET SINK/timbal counts Timbal's requests
@@ -24,6 +24,8 @@ from bot.app.serve import serve
 from bot.sim.slack_api import FakeSlack
 from bot.sim.timbal_api import FakeTimbal, make_job
 
+LISTING = b"jobs for connector"  # in a listing's reply (not in an apology or an error)
+
 
 async def main(delay: float) -> None:
     slack = await FakeSlack().start()
@@ -34,10 +36,10 @@ async def main(delay: float) -> None:
     arrived = asyncio.Condition()
 
     async def reply(request: web.Request) -> web.Response:
-        arrivals.append([request.path, time.monotonic()])
+        body = await request.read()  # arrived once read whole
+        arrivals.append([request.path, time.monotonic(), LISTING in body])
         async with arrived:
             arrived.notify_all()
-        await request.read()
         return web.Response(text="ok")
 
     async def calls(request: web.Request) -> web.Response:

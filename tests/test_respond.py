@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,7 +15,7 @@ import pytest
 from aiohttp import web
 from slack_sdk.models.blocks import SectionBlock
 
-from bot.app.respond import Replies, SharedRespond
+from bot.app.respond import RETRY_PAUSE_SECONDS, Replies, SharedRespond
 from bot.app.serve import serve
 
 
@@ -138,6 +140,26 @@ async def test_a_reply_after_the_session_closed_is_a_connection_error() -> None:
     await replies.close()
     with pytest.raises(aiohttp.ClientConnectionError, match="closed"):
         await SharedRespond(response_url="http://127.0.0.1:9/r", replies=replies)(text="hi")
+
+
+async def test_refused_waits_before_its_retry_and_a_close_meanwhile_is_an_error() -> None:
+    """Refused (nothing listens), unlike a kept-alive connection the server closed, waits
+    before its retry, as slack_sdk does; the bot stopping during that pause (the session
+    closed) ends the reply with a connection error, not aiohttp's RuntimeError."""
+    replies = Replies()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    respond = SharedRespond(response_url=f"http://127.0.0.1:{port}/r", replies=replies)
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await respond(text="hi")
+    assert time.monotonic() - started >= RETRY_PAUSE_SECONDS  # it waited, then tried again
+    reply = asyncio.create_task(respond(text="hi"))
+    await asyncio.sleep(RETRY_PAUSE_SECONDS / 2)  # refused once, now in the pause
+    await replies.close()
+    with pytest.raises(aiohttp.ClientConnectionError, match="closed"):
+        await reply
 
 
 async def test_without_a_response_url_respond_refuses() -> None:

@@ -95,20 +95,9 @@ class Replies:
         return encoded
 
     async def post(self, url: str, body: bytes) -> WebhookResponse:
-        if self.session.closed:  # the bot is stopping: an error the callers expect
-            raise aiohttp.ClientConnectionError("the reply session is closed")
         for attempt in (1, 2):
             try:
-                async with self.session.post(
-                    url, data=body, headers=HEADERS, proxy=self._proxy
-                ) as response:
-                    text = await response.text()
-                    return WebhookResponse(
-                        url=url,
-                        status_code=response.status,
-                        body=text,
-                        headers=response.headers,  # type: ignore[arg-type]
-                    )
+                return await self._post(url, body)
             except RETRIED as exc:
                 if attempt == 2:
                     raise
@@ -117,6 +106,27 @@ class Replies:
                     # wait a little first, as slack_sdk's retry handler does.
                     await asyncio.sleep(RETRY_PAUSE_SECONDS)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post(self, url: str, body: bytes) -> WebhookResponse:
+        # A reply while the bot stops (the session closed before or during it) fails with an
+        # error the callers expect, not aiohttp's RuntimeError("Session is closed").
+        if self.session.closed:
+            raise aiohttp.ClientConnectionError("the reply session is closed")
+        try:
+            async with self.session.post(
+                url, data=body, headers=HEADERS, proxy=self._proxy
+            ) as response:
+                text = await response.text()
+                return WebhookResponse(
+                    url=url,
+                    status_code=response.status,
+                    body=text,
+                    headers=response.headers,  # type: ignore[arg-type]
+                )
+        except RuntimeError as exc:
+            if self.session.closed:
+                raise aiohttp.ClientConnectionError("the reply session is closed") from exc
+            raise
 
 
 class SharedRespond(AsyncRespond):

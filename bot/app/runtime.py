@@ -625,11 +625,9 @@ class Runtime:
     def _ask_early(self, command: str | None, text: str) -> dict[str, Any]:
         """The listing the command's listener will wait for, asked for now (for the Bolt
         context: the listener answers from it; see `handlers.commands.jobs`)."""
-        query = listing_asked(command, text)
-        if query is None:
-            return {}
         try:
-            return {ASKED_LISTING: self.listings.ask(query.connector_id)}
+            query = listing_asked(command, text)
+            return {} if query is None else {ASKED_LISTING: self.listings.ask(query.connector_id)}
         except Exception:  # the ack must not depend on it: the listener asks again
             log.exception("/jobs: could not ask Timbal ahead of the listener")
             return {}

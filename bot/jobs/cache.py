@@ -80,9 +80,10 @@ class SharedListings:
     def ask(self, connector_id: str | None = None) -> asyncio.Future[JobListing]:
         """The scope's listing: kept, in flight, or asked for now.
 
-        Each caller gets its own view of the shared answer (`asyncio.shield`): cancelling it,
-        or a waiter cancelled, leaves the answer to the others. Nobody has to await it: a
-        failure nobody awaited is dropped without a "never retrieved" log.
+        While the answer is pending each caller gets its own view of it (`asyncio.shield`):
+        cancelling that view, or a waiter cancelled, leaves the answer to the others (once
+        answered, the view is the answer itself, which a cancel no longer changes). Nobody
+        has to await it: a failure nobody awaited is dropped without a "never retrieved" log.
         """
         if self._closed:
             raise RuntimeError("the /jobs listings are closed")
