@@ -14,12 +14,13 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp, AsyncRespond
 
 from handlers import actions, commands
-from handlers.commands import ASKED_LISTING, EMPTY_ACK_COMMANDS, listing_asked
+from handlers.commands import ASKED_LISTING, EMPTY_ACK_COMMANDS, Asked, listing_asked
 
 __all__ = [
     "ASKED_LISTING",
     "EMPTY_ACK_COMMANDS",
     "SORRY",
+    "Asked",
     "listing_asked",
     "register_error_handler",
     "register_handlers",

@@ -19,6 +19,7 @@ from bot.app.runtime import Runtime, running
 from bot.domain.models import Job
 from bot.jobs.cache import MAX_SCOPES, SharedListings
 from bot.timbal import JobListing, TimbalUnavailable
+from handlers.commands.jobs import Asked, asked_for
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import post, slash_command
 from tests.waiting import wait_until
@@ -345,6 +346,17 @@ async def test_only_a_listing_is_asked_for_early(
             assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
     await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 3)
     assert fake_timbal.requests == []
+
+
+async def test_a_listener_answers_only_from_a_listing_asked_for_its_own_scope() -> None:
+    answer: asyncio.Future[JobListing] = asyncio.get_running_loop().create_future()
+    assert asked_for("conn-1", Asked("conn-1", answer)) is answer
+    assert asked_for("conn-1 limit=5", Asked("conn-1", answer)) is answer
+    assert asked_for("conn-2", Asked("conn-1", answer)) is None  # another connector
+    assert asked_for("", Asked("conn-1", answer)) is None  # the org, not the connector
+    assert asked_for("help", Asked(None, answer)) is None  # not a listing at all
+    assert asked_for("conn-1", None) is None  # Socket Mode: nothing asked ahead
+    answer.cancel()
 
 
 def test_a_listing_made_from_another_renders_anew() -> None:

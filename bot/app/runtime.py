@@ -51,7 +51,13 @@ from bot.reach import unreachable
 from bot.redaction import Redactor, excerpt
 from bot.timbal import JobsSource, TimbalClient
 from bot.timbal.own_loop import OwnLoopSource
-from handlers import ASKED_LISTING, EMPTY_ACK_COMMANDS, listing_asked, register_handlers
+from handlers import (
+    ASKED_LISTING,
+    EMPTY_ACK_COMMANDS,
+    Asked,
+    listing_asked,
+    register_handlers,
+)
 from storage.connection import Redis, open_redis
 from storage.consumer import OutboxConsumer
 from storage.incidents import IncidentStore
@@ -627,7 +633,10 @@ class Runtime:
         context: the listener answers from it; see `handlers.commands.jobs`)."""
         try:
             query = listing_asked(command, text)
-            return {} if query is None else {ASKED_LISTING: self.listings.ask(query.connector_id)}
+            if query is None:
+                return {}
+            answer = self.listings.ask(query.connector_id)
+            return {ASKED_LISTING: Asked(query.connector_id, answer)}
         except Exception:  # the ack must not depend on it: the listener asks again
             log.exception("/jobs: could not ask Timbal ahead of the listener")
             return {}

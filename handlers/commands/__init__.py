@@ -12,6 +12,7 @@ from handlers.commands import jobs
 # Bolt run the listener after it (see `bot.app.runtime`, `_slack_events`).
 EMPTY_ACK_COMMANDS = frozenset({jobs.COMMAND})
 ASKED_LISTING = jobs.ASKED_LISTING
+Asked = jobs.Asked
 
 
 def listing_asked(command: str | None, text: str) -> JobsQuery | None:

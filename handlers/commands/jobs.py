@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
@@ -45,8 +45,15 @@ log = logging.getLogger(__name__)
 
 COMMAND = "/jobs"
 # The Bolt context key of the listing the HTTP server asked for as the command arrived
-# (`listing_asked`; `bot.app.runtime`): an awaitable the listener answers from.
+# (`listing_asked`; `bot.app.runtime`): an `Asked` the listener answers from.
 ASKED_LISTING = "asked_listing"
+
+
+class Asked(NamedTuple):
+    """A listing asked for ahead of the listener: its scope, and its answer to come."""
+
+    connector_id: str | None
+    answer: Awaitable[JobListing]
 
 
 def _utcnow() -> datetime:
@@ -106,6 +113,17 @@ async def answer(
     if isinstance(parsed, QueryError):
         return "usage", render_usage(parsed.message)
     return await answer_query(parsed, services, now, asked)
+
+
+def asked_for(query_text: str, asked: object) -> Awaitable[JobListing] | None:
+    """The answer asked ahead for `/jobs <query_text>`, if one was and it is this query's
+    scope (a listing of another connector is never answered from)."""
+    if not isinstance(asked, Asked):
+        return None
+    parsed = listing_asked(query_text)
+    if parsed is None or parsed.connector_id != asked.connector_id:
+        return None
+    return asked.answer
 
 
 async def answer_query(
@@ -189,7 +207,8 @@ async def handle_jobs_command(
                 subcommand, command, services, context.client, clock()
             )
         else:
-            result, message = await answer(text, services, clock(), context.get(ASKED_LISTING))
+            asked = asked_for(text, context.get(ASKED_LISTING))
+            result, message = await answer(text, services, clock(), asked)
         await reply(respond, message, redact)
         outcome = result
     finally:
