@@ -18,8 +18,9 @@ from bot.app.config import load_settings
 from bot.app.runtime import Runtime, running
 from bot.domain.models import Job
 from bot.jobs.cache import MAX_SCOPES, SharedListings
+from bot.jobs.query import JobsQuery
 from bot.timbal import JobListing, TimbalUnavailable
-from handlers.commands.jobs import Asked, asked_for
+from handlers.commands.jobs import Asked, answer, asked_for
 from tests.fakes import FakeSlack, FakeTimbal, make_job
 from tests.slack_requests import post, slash_command
 from tests.waiting import wait_until
@@ -350,13 +351,22 @@ async def test_only_a_listing_is_asked_for_early(
 
 async def test_a_listener_answers_only_from_a_listing_asked_for_its_own_scope() -> None:
     answer: asyncio.Future[JobListing] = asyncio.get_running_loop().create_future()
-    assert asked_for("conn-1", Asked("conn-1", answer)) is answer
-    assert asked_for("conn-1 limit=5", Asked("conn-1", answer)) is answer
-    assert asked_for("conn-2", Asked("conn-1", answer)) is None  # another connector
-    assert asked_for("", Asked("conn-1", answer)) is None  # the org, not the connector
-    assert asked_for("help", Asked(None, answer)) is None  # not a listing at all
-    assert asked_for("conn-1", None) is None  # Socket Mode: nothing asked ahead
+    conn_1 = JobsQuery(connector_id="conn-1")
+    assert asked_for(conn_1, Asked("conn-1", answer)) is answer
+    assert asked_for(JobsQuery(connector_id="conn-1", limit=5), Asked("conn-1", answer)) is answer
+    assert asked_for(JobsQuery(connector_id="conn-2"), Asked("conn-1", answer)) is None
+    assert asked_for(JobsQuery(), Asked("conn-1", answer)) is None  # the org, not conn-1
+    assert asked_for(conn_1, Asked(None, answer)) is None  # the connector, not the org
+    assert asked_for(conn_1, None) is None  # Socket Mode: nothing asked ahead
     answer.cancel()
+
+
+async def test_help_is_answered_even_with_a_listing_asked_ahead(rt: Runtime) -> None:
+    """Help is not a listing: what the context holds is not awaited."""
+    never: asyncio.Future[JobListing] = asyncio.get_running_loop().create_future()
+    outcome, _ = await answer("help", rt.services, T0, Asked(None, never))
+    assert outcome == "usage" and not never.done()
+    never.cancel()
 
 
 def test_a_listing_made_from_another_renders_anew() -> None:

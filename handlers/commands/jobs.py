@@ -104,24 +104,22 @@ def listing_asked(text: str) -> JobsQuery | None:
 
 
 async def answer(
-    text: str, services: Services, now: datetime, asked: Awaitable[JobListing] | None = None
+    text: str, services: Services, now: datetime, asked: object = None
 ) -> tuple[str, RenderedMessage]:
-    """(metrics outcome, reply) for a listing query: the I/O shell around the pure parts."""
+    """(metrics outcome, reply) for a listing query: the I/O shell around the pure parts;
+    `asked`: what the context holds under ASKED_LISTING, if anything."""
     parsed = parse_jobs_command(text)
     if isinstance(parsed, HelpRequest):
         return "usage", render_usage()
     if isinstance(parsed, QueryError):
         return "usage", render_usage(parsed.message)
-    return await answer_query(parsed, services, now, asked)
+    return await answer_query(parsed, services, now, asked_for(parsed, asked))
 
 
-def asked_for(query_text: str, asked: object) -> Awaitable[JobListing] | None:
-    """The answer asked ahead for `/jobs <query_text>`, if one was and it is this query's
-    scope (a listing of another connector is never answered from)."""
-    if not isinstance(asked, Asked):
-        return None
-    parsed = listing_asked(query_text)
-    if parsed is None or parsed.connector_id != asked.connector_id:
+def asked_for(parsed: JobsQuery, asked: object) -> Awaitable[JobListing] | None:
+    """The answer asked ahead for this query, if one was and it is this query's scope (a
+    listing of another connector is never answered from)."""
+    if not isinstance(asked, Asked) or asked.connector_id != parsed.connector_id:
         return None
     return asked.answer
 
@@ -207,7 +205,7 @@ async def handle_jobs_command(
                 subcommand, command, services, context.client, clock()
             )
         else:
-            asked = asked_for(text, context.get(ASKED_LISTING))
+            asked = context.get(ASKED_LISTING)
             result, message = await answer(text, services, clock(), asked)
         await reply(respond, message, redact)
         outcome = result
