@@ -265,15 +265,11 @@ async def test_the_reply_says_when_the_listing_was_read(
     assert re.search(r"as of <!date\^\d+\^\{time_secs\}\|\d\d:\d\d:\d\d UTC>$", footer), footer
 
 
-async def test_the_listing_is_asked_for_as_the_command_arrives_before_bolt_runs_its_listener(
-    rt: Runtime,
-    fake_slack: FakeSlack,
-    fake_timbal: FakeTimbal,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Under a crowd, Bolt reaches a listener ~100 ms after its request arrived: the Timbal
-    call all of them wait for is asked by the HTTP server, so it is out by then."""
-    fake_timbal.upsert("j1", connector_id="conn-1", state="running")
+async def send_with_bolt_held(
+    rt: Runtime, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch, text: str
+) -> asyncio.Event:
+    """Send a signed `/jobs text` (acked 200) while Bolt is held back from running its
+    listener, as a crowd holds it; set the returned event to let Bolt run."""
     assert rt.app is not None
     bolt_may_run = asyncio.Event()
     dispatch = rt.app.async_dispatch
@@ -284,10 +280,23 @@ async def test_the_listing_is_asked_for_as_the_command_arrives_before_bolt_runs_
 
     monkeypatch.setattr(rt.app, "async_dispatch", held)
     request = slash_command(
-        text="conn-1", response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
+        text=text, response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
     )
     async with httpx.AsyncClient(timeout=30) as http:
         assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    return bolt_may_run
+
+
+async def test_the_listing_is_asked_for_as_the_command_arrives_before_bolt_runs_its_listener(
+    rt: Runtime,
+    fake_slack: FakeSlack,
+    fake_timbal: FakeTimbal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a crowd, Bolt reaches a listener ~100 ms after its request arrived: the Timbal
+    call all of them wait for is asked by the HTTP server, so it is out by then."""
+    fake_timbal.upsert("j1", connector_id="conn-1", state="running")
+    bolt_may_run = await send_with_bolt_held(rt, fake_slack, monkeypatch, "conn-1")
     await wait_until(lambda: len(fake_timbal.requests) == 1, what="Timbal asked before Bolt ran")
     assert fake_timbal.requests[0]["query"] == {"connector_id": "conn-1"}
     assert fake_slack.calls_to("response_url") == []  # the listener has not run
@@ -305,20 +314,7 @@ async def test_a_listing_asked_early_that_fails_answers_its_own_command(
     """Timbal refuses before Bolt reaches the listener: the listener answers that refusal
     instead of asking again (a failing Timbal would get every crowd twice)."""
     fake_timbal.inject(status=403, body='{"error": "forbidden"}')
-    assert rt.app is not None
-    bolt_may_run = asyncio.Event()
-    dispatch = rt.app.async_dispatch
-
-    async def held(request: Any) -> Any:
-        await bolt_may_run.wait()
-        return await dispatch(request)
-
-    monkeypatch.setattr(rt.app, "async_dispatch", held)
-    request = slash_command(
-        text="conn-1", response_url=fake_slack.response_url("r1"), signing_secret=SIGNING_SECRET
-    )
-    async with httpx.AsyncClient(timeout=30) as http:
-        assert (await post(http, rt.base_url + "/slack/events", request)).status_code == 200
+    bolt_may_run = await send_with_bolt_held(rt, fake_slack, monkeypatch, "conn-1")
     await wait_until(lambda: len(fake_timbal.requests) == 1 and len(rt.listings) == 0)
     bolt_may_run.set()  # the failure came, and was not kept
     await fake_slack.wait_for(lambda f: len(f.calls_to("response_url")) >= 1)
