@@ -14,26 +14,32 @@ import httpx
 
 
 @contextlib.asynccontextmanager
-async def listing_server(jobs: int) -> AsyncIterator[str]:
-    """Start `bench.listing_server` with `jobs` jobs; yield its base URL."""
+async def _child(module: str, *args: str, within: float) -> AsyncIterator[list[str]]:
+    """Run `python -m module args`; yield the words of the first line it prints after its
+    first word (the ports it listens on); kill it afterwards."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.listing_server",
-        "--jobs",
-        str(jobs),
+        module,
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        port = int(line.decode().split()[1])
-        yield f"http://127.0.0.1:{port}"
+        line = await asyncio.wait_for(proc.stdout.readline(), within)
+        yield line.decode().split()[1:]
     finally:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def listing_server(jobs: int) -> AsyncIterator[str]:
+    """Start `bench.listing_server` with `jobs` jobs; yield its base URL."""
+    async with _child("bench.listing_server", "--jobs", str(jobs), within=120) as ports:
+        yield f"http://127.0.0.1:{int(ports[0])}"
 
 
 async def advance(http: httpx.AsyncClient, base_url: str) -> None:
@@ -99,21 +105,6 @@ def log_file(name: str) -> str:
 @contextlib.asynccontextmanager
 async def slack_process(delay: float) -> AsyncIterator[tuple[str, str, str]]:
     """Start `bench.slack_process`; yield the base URLs of its Slack, Timbal and sink."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.slack_process",
-        "--delay",
-        str(delay),
-        stdout=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        ports = line.decode().split()[1:4]
-        yield tuple(f"http://127.0.0.1:{port}" for port in ports)  # type: ignore[misc]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+    async with _child("bench.slack_process", "--delay", str(delay), within=60) as ports:
+        slack, timbal, sink = (f"http://127.0.0.1:{port}" for port in ports[:3])
+        yield slack, timbal, sink

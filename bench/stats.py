@@ -32,6 +32,14 @@ class Row:
     note: str = ""
 
 
+def at_most(figure: str, value: float, unit: str, limit: float | None, note: str = "") -> Row:
+    """A row whose target is `<= limit` (None: reported, no target); target and check from
+    the one number, so they cannot drift apart."""
+    if limit is None:
+        return Row(figure, value, unit, note=note)
+    return Row(figure, value, unit, f"<= {limit:g}", value <= limit, note)
+
+
 @dataclass
 class Table:
     rows: list[Row] = field(default_factory=list)
